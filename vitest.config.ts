@@ -1,0 +1,27 @@
+import { defineConfig } from "vitest/config"
+
+// Two projects: `unit` runs on every `npm test`; `slow` holds suites that start real
+// components (PostgreSQL, etcd, S3) or run big sweeps. CI runs both.
+export default defineConfig({
+  test: {
+    projects: [
+      {
+        test: {
+          name: "unit",
+          include: ["{core,live,sim,scenarios,cli,reports}/**/*.test.ts"],
+          exclude: ["**/*.slow.test.ts", "node_modules/**", "dist/**"],
+          testTimeout: 60_000
+        }
+      },
+      {
+        test: {
+          name: "slow",
+          include: ["{core,live,sim,scenarios,cli,reports}/**/*.slow.test.ts"],
+          exclude: ["node_modules/**", "dist/**"],
+          testTimeout: 600_000,
+          hookTimeout: 300_000
+        }
+      }
+    ]
+  }
+})
