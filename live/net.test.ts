@@ -124,6 +124,24 @@ describe("streams", () => {
     }))
   })
 
+  test("many small writes arrive whole and in order, read late or at once", async () => {
+    await run(Effect.gen(function* () {
+      const { client, server } = yield* pair
+      const writeCount = 20_000
+      const expected = Buffer.concat(Array.from({ length: writeCount }, (_, i) => Buffer.from(`${i},`)))
+      const writer = yield* Effect.forkChild(Effect.gen(function* () {
+        for (let i = 0; i < writeCount; i++) yield* client.write(Buffer.from(`${i},`))
+        yield* client.shutdownWrite
+      }))
+      yield* Effect.sleep("50 millis") // let chunks pile up unread first
+      const received = yield* readAll(server, expected.length)
+      yield* Fiber.join(writer)
+      expect(Buffer.compare(received, expected)).toBe(0)
+      yield* client.close
+      yield* server.close
+    }))
+  })
+
   test("a write blocks while the peer does not read, and completes once it does", async () => {
     await run(Effect.gen(function* () {
       const { client, server } = yield* pair

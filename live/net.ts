@@ -89,6 +89,8 @@ export function makeLiveNet(options: LiveNetOptions = {}): Net["Service"] {
 
 export const liveNetLayer = (options: LiveNetOptions = {}): Layer.Layer<Net> => Layer.succeed(Net, makeLiveNet(options))
 
+const EMPTY = Buffer.alloc(0)
+
 type Resume<A> = (effect: Effect.Effect<A, NetError>) => void
 
 function makeListener(server: net.Server, acceptQueueLengthMax: number, readBufferBytesMax: number): Listener {
@@ -139,7 +141,9 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
   socket.setNoDelay(true)
   const localAddress = `${socket.localAddress ?? "?"}:${socket.localPort ?? 0}`
   const remoteAddress = `${socket.remoteAddress ?? "?"}:${socket.remotePort ?? 0}`
-  const chunks: Buffer[] = []
+  // Unread chunks from `chunkHead` on; an index, not shift(), so many small chunks stay O(1) each.
+  let chunks: Buffer[] = []
+  let chunkHead = 0
   let bufferedBytes = 0
   const readers: Array<Resume<Uint8Array | undefined>> = []
   const writers: Array<Resume<void>> = []
@@ -175,8 +179,16 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
   socket.resume() // accepted sockets start paused (pauseOnConnect) so no byte arrives unobserved
 
   const takeChunk = (): Buffer | undefined => {
-    const chunk = chunks.shift()
+    const chunk = chunks[chunkHead]
     if (chunk === undefined) return undefined
+    chunks[chunkHead++] = EMPTY
+    if (chunkHead === chunks.length) {
+      chunks = []
+      chunkHead = 0
+    } else if (chunkHead >= 1024 && chunkHead * 2 >= chunks.length) {
+      chunks = chunks.slice(chunkHead)
+      chunkHead = 0
+    }
     bufferedBytes -= chunk.length
     // Hysteresis: resume only once half the buffer is free, to avoid a pause/resume per chunk.
     if (socket.isPaused() && bufferedBytes <= readBufferBytesMax / 2 && failure === undefined) socket.resume()
@@ -215,7 +227,8 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
     close: Effect.sync(() => {
       if (closed) return
       closed = true
-      chunks.length = 0
+      chunks = []
+      chunkHead = 0
       bufferedBytes = 0
       socket.destroy()
       fail(closedError("connection closed"))
