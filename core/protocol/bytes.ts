@@ -46,6 +46,7 @@ export class ByteReader {
   private readonly view: DataView
   private position = 0
   private failureReason: string | undefined = undefined
+  private failureTruncated = false
 
   constructor(private readonly input: Uint8Array) {
     this.view = new DataView(input.buffer, input.byteOffset, input.byteLength)
@@ -66,6 +67,11 @@ export class ByteReader {
   /** The first problem met, if any. */
   get failure(): string | undefined {
     return this.failureReason
+  }
+
+  /** Whether the first problem was running out of bytes (rather than a bad value). */
+  get failedTruncated(): boolean {
+    return this.failureTruncated
   }
 
   /** Records a problem (only the first one is kept) and stops further reads. */
@@ -219,6 +225,7 @@ export class ByteReader {
   private take(length: number, what: string): boolean {
     if (this.failed) return false
     if (this.remainingBytes < length) {
+      this.failureTruncated = true
       this.fail(`truncated reading ${what}: need ${length} bytes, ${this.remainingBytes} left`)
       return false
     }
