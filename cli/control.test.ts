@@ -61,6 +61,7 @@ describe("sk control dump", () => {
       "mconf generation 3; members 1@sk-1:5454; new_members 2@sk-2:5455",
       "term 7",
       "term_history 2 entries",
+      "partial_backup 1 segment",
       "term 1 from 0/1000000",
       "term 7 from 0/16B5A50",
       `system_id ${0xf1d8e2a4b3c5d701n}`,
@@ -109,7 +110,7 @@ describe("sk control dump", () => {
     const { code, stdout } = dump(writeFile("v9/safekeeper.control", encodeControlFile(v9)), false)
     expect(code).toBe(0)
     expect(stdout).toMatch(/format_version\s+9 /)
-    expect(stdout).toMatch(/creation_ts\s+not recorded/)
+    expect(stdout).toMatch(/creation_ts\s+not stored in format v9/)
   })
 
   test("a corrupt file: message on stderr naming the file and the reason, exit 1, nothing on stdout", () => {

@@ -128,7 +128,7 @@ export function formatControlFile(filePath: string, decoded: DecodedControlFile)
     ["timeline_id", state.timelineId],
     ["mconf", formatMconf(state.mconf)],
     ["term", String(state.acceptorState.term)],
-    ["term_history", state.acceptorState.termHistory.length === 0 ? "(empty)" : `${state.acceptorState.termHistory.length} entries`],
+    ["term_history", count(state.acceptorState.termHistory.length, "entry", "entries")],
     ...state.acceptorState.termHistory.map((entry) => ["", `term ${entry.term} from ${formatLsn(entry.lsn)}`] as const),
     ["pg_version", String(state.server.pgVersion)],
     ["system_id", state.server.systemId.toString()],
@@ -140,13 +140,13 @@ export function formatControlFile(filePath: string, decoded: DecodedControlFile)
     ["backup_lsn", formatLsn(state.backupLsn)],
     ["peer_horizon_lsn", formatLsn(state.peerHorizonLsn)],
     ["remote_consistent_lsn", formatLsn(state.remoteConsistentLsn)],
-    ["partial_backup", state.partialBackup.segments.length === 0 ? "(none)" : `${state.partialBackup.segments.length} segments`],
+    ["partial_backup", count(state.partialBackup.segments.length, "segment", "segments")],
     ...state.partialBackup.segments.map((segment) => [
       "",
       `${segment.status} ${segment.name} commit ${formatLsn(segment.commitLsn)} flush ${formatLsn(segment.flushLsn)} term ${segment.term}`
     ] as const),
     ["eviction_state", state.evictionState._tag === "Present" ? "Present" : `Offloaded at ${formatLsn(state.evictionState.flushLsn)}`],
-    ["creation_ts", formatSystemTime(state.creationTs)]
+    ["creation_ts", decoded.formatVersion < 10 ? `not stored in format v${decoded.formatVersion}` : formatSystemTime(state.creationTs)]
   ]
   const width = Math.max(...lines.map(([name]) => name.length)) + 2
   return lines.map(([name, value]) => `${name.padEnd(width)}${value}`.trimEnd()).join("\n") + "\n"
@@ -159,10 +159,14 @@ function formatMconf(mconf: MemberConfiguration): string {
   return `generation ${mconf.generation}; members ${set(mconf.members)}${joint}`
 }
 
-/** ISO time when representable (v9 and older files have none: the epoch). */
+function count(n: number, one: string, many: string): string {
+  return n === 0 ? "(none)" : `${n} ${n === 1 ? one : many}`
+}
+
+/** ISO time when a Date can hold it; the epoch marks a state upgraded from a format without it. */
 function formatSystemTime(time: SystemTime): string {
   const raw = `${time.secsSinceEpoch} s + ${time.nanosSinceEpoch} ns`
-  if (time.secsSinceEpoch === 0 && time.nanosSinceEpoch === 0) return "not recorded (Unix epoch: written before format v10)"
+  if (time.secsSinceEpoch === 0 && time.nanosSinceEpoch === 0) return "Unix epoch (unknown: upgraded from a format without it)"
   const dateMsMax = 8.64e15 // the largest time a JavaScript Date holds
   if (time.secsSinceEpoch * 1000 > dateMsMax) return raw
   const iso = new Date(time.secsSinceEpoch * 1000).toISOString().replace(/\.000Z$/, "")
