@@ -337,7 +337,7 @@ export class ByteWriter {
     return this.u64LE(encoded.byteLength).bytes(encoded)
   }
 
-  /** The bytes written so far (a view; the writer must not be used afterwards). */
+  /** A view of the bytes written so far (not a copy: do not keep it across later writes). */
   finish(): Uint8Array {
     return this.buffer.subarray(0, this.length)
   }
