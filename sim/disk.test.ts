@@ -357,6 +357,33 @@ describe("SimDisk crash model: file data", () => {
     expect(earlierWon).toBeGreaterThan(0)
   })
 
+  test("zero-filling writes (kept without a copy) crash like any other write", () => {
+    const survivedLengths = new Set<number>()
+    for (let seed = 0; seed < 80; seed++) {
+      const bench = new Bench(seed)
+      bench.run(Effect.gen(function* () {
+        const disk = yield* Disk
+        yield* putFile("/f", bytes(4096, 1), { sync: true, syncDirectory: "/" })
+        const file = yield* disk.open("/f")
+        yield* file.write(100, new Uint8Array(2000))
+        yield* file.write(5000, new Uint8Array(100)) // extends the file with zeros
+        const now = yield* file.read(0, 8192)
+        expect([...now]).toEqual([...bytes(100, 1), ...bytes(2000, 0), ...bytes(1996, 1), ...bytes(1004, 0)])
+      }))
+      bench.crash()
+      const after = bench.disk.readFileNow("/f")!
+      expect([4096, 5100]).toContain(after.length)
+      let zeros = 0
+      while (100 + zeros < 2100 && after[100 + zeros] === 0) zeros++
+      expect([0, 412, 924, 1436, 1948, 2000]).toContain(zeros) // sector ends at 512, 1024, 1536, 2048
+      expect(after.subarray(100 + zeros, 4096).every((v) => v === 1)).toBe(true)
+      expect(after.subarray(0, 100).every((v) => v === 1)).toBe(true)
+      expect(after.subarray(4096).every((v) => v === 0)).toBe(true)
+      survivedLengths.add(zeros)
+    }
+    expect(survivedLengths.size).toBeGreaterThanOrEqual(3)
+  })
+
   test("writes issued while a sync is in flight stay unsynced", () => {
     let droppedLate = 0
     for (let seed = 0; seed < 60; seed++) {
@@ -707,6 +734,29 @@ describe("SimDisk and node lives", () => {
     expect(bench.disk.stats.fsyncs).toBe(0)
     expect(bench.kernel.trace.lines.some((l) => l.includes("done"))).toBe(false)
     expect(bench.disk.readFileNow("/f")!.length).toBe(10) // still in the page cache
+  })
+
+  test("a crash silences services and in-flight completions from before it", () => {
+    // The world marks the life dead before crashing the disk; this checks the disk's own guard
+    // (its completion path re-checks, so a stale sync never applies to the post-crash disk).
+    const bench = new Bench(1, { ...NO_DISK_FAULTS, fsyncLatencyUs: [100, 100] })
+    let resumed = 0
+    bench.start(Effect.gen(function* () {
+      const disk = yield* Disk
+      const file = yield* disk.open("/f", { create: true })
+      yield* disk.syncDirectory("/")
+      resumed++
+      yield* file.write(0, bytes(10, 1))
+      yield* file.sync
+      resumed++
+    }))
+    bench.kernel.run({ untilUs: 150 })
+    expect(resumed).toBe(1)
+    bench.disk.crash() // the life is still marked alive
+    bench.kernel.run()
+    expect(resumed).toBe(1)
+    expect(bench.disk.stats.fsyncs).toBe(1) // the directory sync only
+    expect(bench.kernel.trace.lines.some((l) => l.includes("disk sync /f done"))).toBe(false)
   })
 
   test("a hook that crashes the node stops the operation before it happens", () => {

@@ -1,6 +1,7 @@
 import { Effect } from "effect"
 import { assert } from "../core/assert.js"
 import { Disk, DiskError, type DirectoryEntry, type DiskErrorReason, type DiskFile, type OpenOptions } from "../core/io/disk.js"
+import { FILE_SIZE_BYTES_MAX, isAllZero, PAGE_SIZE_BYTES, PagedContent, SlabCopier } from "./disk-content.js"
 import type { Incarnation, Kernel } from "./kernel.js"
 
 /**
@@ -61,9 +62,8 @@ export const NO_DISK_FAULTS: DiskFaults = {
 }
 
 export const SECTOR_SIZE_BYTES = 512
-/** No simulated file grows past this (a Uint8Array per file; real segments are 16 MiB). */
-export const FILE_SIZE_BYTES_MAX = 1024 * 1024 * 1024
-assert(FILE_SIZE_BYTES_MAX % SECTOR_SIZE_BYTES === 0, "files hold whole sectors")
+export { FILE_SIZE_BYTES_MAX } from "./disk-content.js"
+assert(PAGE_SIZE_BYTES % SECTOR_SIZE_BYTES === 0, "pages hold whole sectors")
 
 export interface DiskHooks {
   /** Called before each operation; false means the world crashed the node right here. */
@@ -100,6 +100,8 @@ export class SimDisk {
   /** Files and directories with pending operations, in first-dirtied order (deterministic). */
   private readonly dirtyFiles = new Set<FileNode>()
   private readonly dirtyDirectories = new Set<DirectoryNode>()
+  /** Unsynced writes keep their own copy of the caller's bytes (the caller may reuse its buffer). */
+  private readonly copies = new SlabCopier()
 
   constructor(readonly kernel: Kernel, readonly name: string, readonly faults: DiskFaults) {
     assert(faults.writeLatencyUs[0] >= 0 && faults.writeLatencyUs[0] <= faults.writeLatencyUs[1], "write latency range")
@@ -110,15 +112,15 @@ export class SimDisk {
   service(life: Incarnation, hooks?: DiskHooks): Disk["Service"] {
     const caller: Caller = { life, epoch: this.epoch, hooks }
     return Disk.of({
-      open: (path, options) => this.run(caller, "open", path, (p) => this.open(caller, p, options ?? {})),
-      readFile: (path) => this.run(caller, "readFile", path, (p) => this.readWhole(p)),
-      rename: (from, to) => this.run(caller, "rename", from, (p) => this.rename(caller, p, normalizePath(to))),
-      unlink: (path) => this.run(caller, "unlink", path, (p) => this.unlink(caller, p)),
-      mkdir: (path) => this.run(caller, "mkdir", path, (p) => this.mkdir(caller, p)),
-      rmdir: (path) => this.run(caller, "rmdir", path, (p) => this.rmdir(caller, p)),
-      list: (path) => this.run(caller, "list", path, (p) => this.list(p)),
-      stat: (path) => this.run(caller, "stat", path, (p) => this.stat(p)),
-      syncDirectory: (path) => this.syncDirectory(caller, path)
+      open: (path, options) => this.run(caller, "open", normalizePath(path), (p) => this.open(caller, p, options ?? {})),
+      readFile: (path) => this.run(caller, "readFile", normalizePath(path), (p) => this.readWhole(p)),
+      rename: (from, to) => this.run(caller, "rename", normalizePath(from), (p) => this.rename(caller, p, normalizePath(to))),
+      unlink: (path) => this.run(caller, "unlink", normalizePath(path), (p) => this.unlink(caller, p)),
+      mkdir: (path) => this.run(caller, "mkdir", normalizePath(path), (p) => this.mkdir(caller, p)),
+      rmdir: (path) => this.run(caller, "rmdir", normalizePath(path), (p) => this.rmdir(caller, p)),
+      list: (path) => this.run(caller, "list", normalizePath(path), (p) => this.list(p)),
+      stat: (path) => this.run(caller, "stat", normalizePath(path), (p) => this.stat(p)),
+      syncDirectory: (path) => this.syncDirectory(caller, normalizePath(path))
     })
   }
 
@@ -177,9 +179,8 @@ export class SimDisk {
    * latency the action asked for. A dead caller (or a hook that crashed the node) gets an
    * effect that never resumes and the action never runs.
    */
-  private run<A>(caller: Caller, operation: string, rawPath: string, act: (path: string) => Outcome<A>): Effect.Effect<A, DiskError> {
+  private run<A>(caller: Caller, operation: string, path: string, act: (path: string) => Outcome<A>): Effect.Effect<A, DiskError> {
     return Effect.suspend(() => {
-      const path = normalizePath(rawPath)
       if (!this.admit(caller, operation, path)) return Effect.never
       const outcome = act(path)
       const result: Effect.Effect<A, DiskError> = outcome.error === undefined ? Effect.succeed(outcome.value) : Effect.fail(outcome.error)
@@ -284,8 +285,10 @@ export class SimDisk {
     if (refused !== undefined) return refused
     if (data.length > 0) {
       const growthBytes = Math.max(0, endBytes - file.current.sizeBytes)
-      file.current.write(offsetBytes, data, data.length)
-      file.pending.push({ kind: "write", sequence: this.sequence++, offsetBytes, data: data.slice() })
+      // Zero-filling (new WAL segments) is common: keep no copy of zeros.
+      const copy = isAllZero(data) ? undefined : this.copies.copy(data)
+      file.current.write(offsetBytes, copy, data.length)
+      file.pending.push({ kind: "write", sequence: this.sequence++, offsetBytes, lengthBytes: data.length, data: copy })
       this.dirtyFiles.add(file)
       if (file.linkCount > 0) this.liveBytes += growthBytes
       this.stats.bytesWritten += data.length
@@ -478,9 +481,8 @@ export class SimDisk {
     return this.ok(node instanceof FileNode ? { kind: "file", sizeBytes: node.current.sizeBytes } : { kind: "directory", sizeBytes: 0 })
   }
 
-  private syncDirectory(caller: Caller, rawPath: string): Effect.Effect<void, DiskError> {
+  private syncDirectory(caller: Caller, path: string): Effect.Effect<void, DiskError> {
     return Effect.suspend(() => {
-      const path = normalizePath(rawPath)
       if (!this.admit(caller, "syncDirectory", path)) return Effect.never
       const node = this.lookup("syncDirectory", path)
       if (node instanceof DiskError) return Effect.fail(node)
@@ -679,7 +681,7 @@ export class SimDisk {
         if (truncationIndex < keptTruncations) limitBytes = Math.min(limitBytes, op.sizeBytes)
       }
     }
-    const survivors: { readonly offsetBytes: number; readonly data: Uint8Array; readonly lengthBytes: number }[] = []
+    const survivors: { readonly offsetBytes: number; readonly data: Uint8Array | undefined; readonly lengthBytes: number }[] = []
     let seenTruncations = 0
     for (let i = 0; i < ops.length; i++) {
       const op = ops[i]!
@@ -691,7 +693,7 @@ export class SimDisk {
         this.stats.droppedWrites++
         continue
       }
-      let endBytes = op.offsetBytes + op.data.length
+      let endBytes = op.offsetBytes + op.lengthBytes
       const firstSector = Math.floor(op.offsetBytes / SECTOR_SIZE_BYTES) + 1
       const lastSector = Math.ceil(endBytes / SECTOR_SIZE_BYTES) - 1
       if (firstSector <= lastSector && this.kernel.chance(tornProbability)) {
@@ -728,7 +730,8 @@ type Outcome<A> =
   | { readonly error: DiskError; readonly value: undefined; readonly delayUs: number }
 
 type FileOp =
-  | { readonly kind: "write"; readonly sequence: number; readonly offsetBytes: number; readonly data: Uint8Array }
+  /** `data` undefined: `lengthBytes` zeros. */
+  | { readonly kind: "write"; readonly sequence: number; readonly offsetBytes: number; readonly lengthBytes: number; readonly data: Uint8Array | undefined }
   | { readonly kind: "truncate"; readonly sequence: number; readonly sizeBytes: number }
 
 interface Link {
@@ -752,8 +755,8 @@ interface DirectoryOp {
 type Node = FileNode | DirectoryNode
 
 class FileNode {
-  durable = new Content()
-  current = new Content()
+  durable = new PagedContent()
+  current = new PagedContent()
   pending: FileOp[] = []
   /** Names in the current view (0 or 1: there are no hard links). */
   linkCount = 0
@@ -765,47 +768,8 @@ class DirectoryNode {
   pending: DirectoryOp[] = []
 }
 
-const INITIAL_CAPACITY_BYTES = 4096
-
-/** A growable byte buffer; bytes past `sizeBytes` are always zero, so growing needs no fill. */
-class Content {
-  constructor(private bytes: Uint8Array = new Uint8Array(0), public sizeBytes = 0) {}
-
-  clone(): Content {
-    return new Content(this.bytes.slice(0, this.sizeBytes), this.sizeBytes)
-  }
-
-  read(offsetBytes: number, length: number): Uint8Array {
-    if (offsetBytes >= this.sizeBytes) return new Uint8Array(0)
-    return this.bytes.slice(offsetBytes, Math.min(this.sizeBytes, offsetBytes + length))
-  }
-
-  /** Writes the first `lengthBytes` of `data` at `offsetBytes`, extending with zeros. */
-  write(offsetBytes: number, data: Uint8Array, lengthBytes: number): void {
-    const endBytes = offsetBytes + lengthBytes
-    this.reserve(endBytes)
-    this.bytes.set(lengthBytes === data.length ? data : data.subarray(0, lengthBytes), offsetBytes)
-    if (endBytes > this.sizeBytes) this.sizeBytes = endBytes
-  }
-
-  resize(sizeBytes: number): void {
-    if (sizeBytes < this.sizeBytes) this.bytes.fill(0, sizeBytes, this.sizeBytes)
-    else this.reserve(sizeBytes)
-    this.sizeBytes = sizeBytes
-  }
-
-  private reserve(sizeBytes: number): void {
-    if (sizeBytes <= this.bytes.length) return
-    assert(sizeBytes <= FILE_SIZE_BYTES_MAX, "simulated file over FILE_SIZE_BYTES_MAX")
-    const capacity = Math.min(FILE_SIZE_BYTES_MAX, Math.max(sizeBytes, this.bytes.length * 2, INITIAL_CAPACITY_BYTES))
-    const grown = new Uint8Array(capacity)
-    grown.set(this.bytes.subarray(0, this.sizeBytes))
-    this.bytes = grown
-  }
-}
-
-function applyFileOp(content: Content, op: FileOp): void {
-  if (op.kind === "write") content.write(op.offsetBytes, op.data, op.data.length)
+function applyFileOp(content: PagedContent, op: FileOp): void {
+  if (op.kind === "write") content.write(op.offsetBytes, op.data, op.lengthBytes)
   else content.resize(op.sizeBytes)
 }
 
