@@ -3,7 +3,7 @@
 // (partitions hold bytes then break, crashes reset peers and silence the dead side), all
 // deterministically. Method: real Effect fibers on the real kernel (sim/runtime.ts glue),
 // observed through fiber exits, kernel time and the trace.
-import { Effect, Exit, type Fiber } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import fc from "fast-check"
 import seedrandom from "seedrandom"
 import { describe, expect, test } from "vitest"
@@ -12,6 +12,7 @@ import type { Connection, Net, NetError } from "../core/io/net.js"
 import { Incarnation, Kernel } from "./kernel.js"
 import { ACCEPT_BACKLOG_MAX, DEFAULT_NET_FAULTS, type NetFaults, SEND_BUFFER_BYTES_MAX, SimNet } from "./net.js"
 import { forkInLife } from "./runtime.js"
+import { withTripwires } from "./tripwires.js"
 
 const FAULTS: NetFaults = { chunkDelayUs: [100, 1000], breakProbabilityPerChunk: 0, connectTimeoutUs: 2_000_000, partitionBreakAfterUs: 5_000_000 }
 
@@ -68,9 +69,16 @@ const acceptOne = (on: Host, address: string) =>
 const text = (s: string): Uint8Array => new TextEncoder().encode(s)
 const str = (b: Uint8Array | undefined): string | undefined => (b === undefined ? undefined : new TextDecoder().decode(b))
 
+/** Seeded bytes (xorshift32: per-byte seedrandom would dominate the test's time). */
 function randomBytes(rng: seedrandom.PRNG, size: number): Uint8Array {
   const out = new Uint8Array(size)
-  for (let i = 0; i < size; i++) out[i] = Math.floor(rng() * 256)
+  let x = Math.floor(rng() * 0xffffffff) | 1
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13
+    x ^= x >>> 17
+    x ^= x << 5
+    out[i] = x & 0xff
+  }
   return out
 }
 
@@ -247,6 +255,57 @@ describe("SimNet addresses", () => {
     kernel.run()
     const refusedCount = attempts.filter((fiber) => value(fiber)._tag === "Failure").length
     expect(refusedCount).toBe(3)
+  })
+})
+
+describe("SimNet listeners and connects", () => {
+  test("closing a listener resets connections nobody accepted and fails a waiting accept", () => {
+    const { kernel, host, fork } = world()
+    const server = host("sk1")
+    const client = host("c")
+    const serverSide = fork(server, Effect.gen(function* () {
+      const busy = yield* server.net.listen("sk1:5454")
+      yield* sleepUs(100_000) // the client connects meanwhile; nobody accepts
+      yield* busy.close
+      const idle = yield* server.net.listen("sk1:6000")
+      const waiting = yield* Effect.forkChild(Effect.flip(idle.accept))
+      yield* sleepUs(1000)
+      yield* idle.close
+      return (yield* Fiber.join(waiting)).reason
+    }))
+    const clientSide = fork(client, Effect.gen(function* () {
+      const connection = yield* client.net.connect("sk1:5454")
+      return (yield* Effect.flip(connection.read)).reason
+    }))
+    kernel.run()
+    expect(value(clientSide)).toBe("ConnectionReset")
+    expect(value(serverSide)).toBe("Closed")
+  })
+
+  test("an interrupted connect establishes nothing", () => {
+    const { kernel, net, host, fork } = world()
+    const server = host("sk1")
+    const client = host("c")
+    fork(server, Effect.asVoid(server.net.listen("sk1:5454")))
+    kernel.run()
+    const connecting = fork(client, client.net.connect("sk1:5454"))
+    connecting.interruptUnsafe()
+    kernel.run()
+    expect(Exit.isFailure(connecting.pollUnsafe()!)).toBe(true)
+    expect(net.stats.connections).toBe(0)
+  })
+
+  test("heal of a pair leaves an isolation in place", () => {
+    const { kernel, net, host, fork } = world()
+    const server = host("sk1")
+    const client = host("c")
+    fork(server, Effect.asVoid(server.net.listen("sk1:5454")))
+    kernel.run()
+    net.isolate("c")
+    net.heal("c", "sk1")
+    const attempt = fork(client, Effect.flip(client.net.connect("sk1:5454")))
+    kernel.run()
+    expect(value(attempt).reason).toBe("TimedOut")
   })
 })
 
@@ -478,20 +537,21 @@ describe("SimNet determinism", () => {
       const client = host(name)
       fork(client, Effect.ignore(Effect.gen(function* () {
         const connection = yield* client.net.connect("sk1:5454")
-        for (let i = 0; i < 20; i++) yield* connection.write(new Uint8Array(1000 * (i + 1)))
+        for (let i = 0; i < 20; i++) yield* connection.write(new Uint8Array(5000 * (i + 1)))
         yield* connection.shutdownWrite
       })))
     }
-    kernel.after(30_000, () => net.partition("c2", "sk1"), undefined)
-    kernel.after(90_000, () => net.heal("c2", "sk1"), undefined)
-    kernel.after(120_000, () => net.breakConnections("c3", "sk1"), undefined)
+    kernel.after(60_000, () => net.partition("c2", "sk1"), undefined)
+    kernel.after(200_000, () => net.heal("c2", "sk1"), undefined)
+    kernel.after(250_000, () => net.breakConnections("c3", "sk1"), undefined)
     kernel.run({ untilUs: 10_000_000 })
     kernel.log("net", JSON.stringify(net.stats))
     return kernel.trace.lines
   }
 
   test("the same seed gives the same trace; other seeds differ", () => {
-    const a = scenario(42)
+    const [a, wires] = withTripwires(42, () => 0, () => scenario(42))
+    expect(wires.hits).toEqual([]) // no real timers, clocks or randomness
     expect(scenario(42)).toEqual(a)
     expect(a.length).toBeGreaterThan(10)
     const distinct = new Set([1, 2, 3, 4, 5].map((seed) => scenario(seed).join("\n")))
