@@ -106,6 +106,10 @@ export class SimDisk {
   constructor(readonly kernel: Kernel, readonly name: string, readonly faults: DiskFaults) {
     assert(faults.writeLatencyUs[0] >= 0 && faults.writeLatencyUs[0] <= faults.writeLatencyUs[1], "write latency range")
     assert(faults.fsyncLatencyUs[0] >= 0 && faults.fsyncLatencyUs[0] <= faults.fsyncLatencyUs[1], "fsync latency range")
+    for (const probability of [faults.eioOnWriteProbability, faults.eioOnFsyncProbability, faults.enospcOnWriteProbability]) {
+      assert(probability >= 0 && probability <= 1, "fault probabilities lie in [0, 1]")
+    }
+    assert(faults.capacityBytes === undefined || faults.capacityBytes >= 0, "capacity is not negative")
   }
 
   /** The Disk service for one node life. */
