@@ -123,6 +123,20 @@ describe("sk wal synth and dump", () => {
     expect(result.stderr).toMatch(/not named as a WAL segment/)
   })
 
+  test("a .partial file wins over the full name of the same segment", async () => {
+    const out = tempDir()
+    await run(["wal", "synth", "--out", out, "--bytes", String(SEGMENT + SEGMENT / 2), "--seed", "4", "--segment-size", String(SEGMENT)])
+    const { copyFileSync, truncateSync } = await import("node:fs")
+    const second = join(out, "000000010000000000000002")
+    copyFileSync(second, `${second}.partial`)
+    truncateSync(second, 8192) // a stale short copy that must not be read
+    const summary = JSON.parse((await run(["wal", "dump", "--json", "--segment-size", String(SEGMENT), out])).stdout) as WalDumpSummary
+    expect(summary.stopReason).toBe("ZeroLength")
+    expect(summary.segments).toBe(2)
+    const twice = await run(["wal", "dump", "--segment-size", String(SEGMENT), second, second])
+    expect(twice.stderr).toMatch(/given twice/)
+  })
+
   test("a missing segment in the middle stops the dump there", async () => {
     const out = tempDir()
     await run(["wal", "synth", "--out", out, "--bytes", String(3 * SEGMENT), "--seed", "2", "--segment-size", String(SEGMENT)])

@@ -220,13 +220,21 @@ export function collectSegmentFiles(paths: ReadonlyArray<string>, segmentSizeByt
     if (parsed === undefined) return Result.fail(`${path} is not named as a WAL segment (24 hex digits, optionally .partial)`)
     found.push({ path, segmentNo: parsed.segmentNo, timelineId: parsed.timelineId })
   }
-  const seen = new Set<number>()
+  // As Neon's readers do, a `.partial` file wins over a full name for the same segment.
+  const bySegment = new Map<number, SegmentFile>()
   for (const file of found) {
-    if (seen.has(file.segmentNo)) return Result.fail(`segment number ${file.segmentNo} given twice (timelines or .partial)`)
-    seen.add(file.segmentNo)
+    const other = bySegment.get(file.segmentNo)
+    if (other === undefined || (file.path.endsWith(".partial") && !other.path.endsWith(".partial"))) {
+      if (other !== undefined && other.timelineId !== file.timelineId) {
+        return Result.fail(`segment number ${file.segmentNo} appears on timelines ${other.timelineId} and ${file.timelineId}`)
+      }
+      bySegment.set(file.segmentNo, file)
+    } else if (other.timelineId !== file.timelineId || other.path.endsWith(".partial") === file.path.endsWith(".partial")) {
+      return Result.fail(`segment number ${file.segmentNo} given twice (${other.path}, ${file.path})`)
+    }
   }
-  if (found.length === 0) return Result.fail("no WAL segment files found")
-  return Result.succeed(found)
+  if (bySegment.size === 0) return Result.fail("no WAL segment files found")
+  return Result.succeed([...bySegment.values()])
 }
 
 /** Batches stdout writes: a dump prints a line per record. */
