@@ -103,13 +103,18 @@ export class SimDisk {
   /** Unsynced writes keep their own copy of the caller's bytes (the caller may reuse its buffer). */
   private readonly copies = new SlabCopier()
 
-  constructor(readonly kernel: Kernel, readonly name: string, readonly faults: DiskFaults) {
-    assert(faults.writeLatencyUs[0] >= 0 && faults.writeLatencyUs[0] <= faults.writeLatencyUs[1], "write latency range")
-    assert(faults.fsyncLatencyUs[0] >= 0 && faults.fsyncLatencyUs[0] <= faults.fsyncLatencyUs[1], "fsync latency range")
-    for (const probability of [faults.eioOnWriteProbability, faults.eioOnFsyncProbability, faults.enospcOnWriteProbability]) {
-      assert(probability >= 0 && probability <= 1, "fault probabilities lie in [0, 1]")
-    }
-    assert(faults.capacityBytes === undefined || faults.capacityBytes >= 0, "capacity is not negative")
+  constructor(readonly kernel: Kernel, readonly name: string, private faultsNow: DiskFaults) {
+    checkFaults(faultsNow)
+  }
+
+  get faults(): DiskFaults {
+    return this.faultsNow
+  }
+
+  /** Changes the fault mix mid-run (a scenario's liveness phase turns errors off). */
+  setFaults(faults: DiskFaults): void {
+    checkFaults(faults)
+    this.faultsNow = faults
   }
 
   /** The Disk service for one node life. */
@@ -253,7 +258,7 @@ export class SimDisk {
     const file = new FileNode()
     this.addMetadata(at.parent, [[at.name, { node: file, sequence: this.sequence }]], undefined)
     this.log(caller, `disk create ${path}`)
-    return this.ok(this.handle(caller, path, file), this.draw(this.faults.writeLatencyUs))
+    return this.ok(this.handle(caller, path, file), this.draw(this.faultsNow.writeLatencyUs))
   }
 
   private handle(caller: Caller, path: string, file: FileNode): DiskFile {
@@ -298,7 +303,7 @@ export class SimDisk {
       this.stats.bytesWritten += data.length
     }
     this.log(caller, `disk write ${path} ${detail}`)
-    return this.ok(undefined, this.draw(this.faults.writeLatencyUs))
+    return this.ok(undefined, this.draw(this.faultsNow.writeLatencyUs))
   }
 
   private truncate(caller: Caller, path: string, file: FileNode, sizeBytes: number): Outcome<void> {
@@ -311,16 +316,16 @@ export class SimDisk {
     this.dirtyFiles.add(file)
     if (file.linkCount > 0) this.liveBytes += sizeBytes - oldSizeBytes
     this.log(caller, `disk truncate ${path} ${sizeBytes}`)
-    return this.ok(undefined, this.draw(this.faults.writeLatencyUs))
+    return this.ok(undefined, this.draw(this.faultsNow.writeLatencyUs))
   }
 
   /** Injected EIO/ENOSPC, capacity and the file size bound; undefined when the change may go ahead. */
   private refuseGrowth(caller: Caller, operation: string, path: string, detail: string, file: FileNode, endBytes: number): Outcome<never> | undefined {
-    const injected: DiskErrorReason | undefined = this.kernel.chance(this.faults.eioOnWriteProbability)
+    const injected: DiskErrorReason | undefined = this.kernel.chance(this.faultsNow.eioOnWriteProbability)
       ? "EIO"
-      : this.kernel.chance(this.faults.enospcOnWriteProbability) ? "ENOSPC" : undefined
+      : this.kernel.chance(this.faultsNow.enospcOnWriteProbability) ? "ENOSPC" : undefined
     const growthBytes = Math.max(0, endBytes - file.current.sizeBytes)
-    const capacityBytes = this.faults.capacityBytes
+    const capacityBytes = this.faultsNow.capacityBytes
     const full = injected === undefined && growthBytes > 0 && file.linkCount > 0 && capacityBytes !== undefined &&
       this.liveBytes + growthBytes > capacityBytes
     if (injected !== undefined || full) {
@@ -338,8 +343,8 @@ export class SimDisk {
       if (!this.admit(caller, operation, path)) return Effect.never
       if (isClosed()) return Effect.fail(new DiskError({ reason: "Closed", operation, path, message: "the handle is closed" }))
       const snapshot = this.sequence
-      const fails = this.kernel.chance(this.faults.eioOnFsyncProbability)
-      const delayUs = this.draw(this.faults.fsyncLatencyUs)
+      const fails = this.kernel.chance(this.faultsNow.eioOnFsyncProbability)
+      const delayUs = this.draw(this.faultsNow.fsyncLatencyUs)
       this.log(caller, `disk ${operation} ${path}`)
       const finish = (): Effect.Effect<void, DiskError> => {
         if (fails) {
@@ -417,7 +422,7 @@ export class SimDisk {
       this.addMetadata(source.parent, [[source.name, undefined]], destinationHalf)
     }
     this.log(caller, `disk rename ${from} ${to}`)
-    return this.ok(undefined, this.draw(this.faults.writeLatencyUs))
+    return this.ok(undefined, this.draw(this.faultsNow.writeLatencyUs))
   }
 
   private unlink(caller: Caller, path: string): Outcome<void> {
@@ -429,7 +434,7 @@ export class SimDisk {
     if (link.node instanceof DirectoryNode) return this.fail(undefined, "IsADirectory", "unlink", path, "is a directory")
     this.addMetadata(at.parent, [[at.name, undefined]], undefined)
     this.log(caller, `disk unlink ${path}`)
-    return this.ok(undefined, this.draw(this.faults.writeLatencyUs))
+    return this.ok(undefined, this.draw(this.faultsNow.writeLatencyUs))
   }
 
   private mkdir(caller: Caller, path: string): Outcome<void> {
@@ -453,7 +458,7 @@ export class SimDisk {
           : this.fail(undefined, "NotADirectory", "mkdir", joinParts(parts, i + 1), "not a directory")
       }
     }
-    return this.ok(undefined, created ? this.draw(this.faults.writeLatencyUs) : 0)
+    return this.ok(undefined, created ? this.draw(this.faultsNow.writeLatencyUs) : 0)
   }
 
   private rmdir(caller: Caller, path: string): Outcome<void> {
@@ -466,7 +471,7 @@ export class SimDisk {
     if (link.node.current.size > 0) return this.fail(undefined, "DirectoryNotEmpty", "rmdir", path, "directory not empty")
     this.addMetadata(at.parent, [[at.name, undefined]], undefined)
     this.log(caller, `disk rmdir ${path}`)
-    return this.ok(undefined, this.draw(this.faults.writeLatencyUs))
+    return this.ok(undefined, this.draw(this.faultsNow.writeLatencyUs))
   }
 
   private list(path: string): Outcome<ReadonlyArray<DirectoryEntry>> {
@@ -492,8 +497,8 @@ export class SimDisk {
       if (node instanceof DiskError) return Effect.fail(node)
       if (node instanceof FileNode) return Effect.fail(new DiskError({ reason: "NotADirectory", operation: "syncDirectory", path, message: "not a directory" }))
       const snapshot = this.sequence
-      const fails = this.kernel.chance(this.faults.eioOnFsyncProbability)
-      const delayUs = this.draw(this.faults.fsyncLatencyUs)
+      const fails = this.kernel.chance(this.faultsNow.eioOnFsyncProbability)
+      const delayUs = this.draw(this.faultsNow.fsyncLatencyUs)
       this.log(caller, `disk syncdir ${path}`)
       const finish = (): Effect.Effect<void, DiskError> => {
         if (fails) {
@@ -791,6 +796,15 @@ function assertByteCount(value: number, what: string): void {
 // ------------------------------------------------------------------ paths
 
 /** "/a//b/" and "a/b" are "/a/b"; "." is dropped and ".." climbs (never above the root). */
+function checkFaults(faults: DiskFaults): void {
+  assert(faults.writeLatencyUs[0] >= 0 && faults.writeLatencyUs[0] <= faults.writeLatencyUs[1], "write latency range")
+  assert(faults.fsyncLatencyUs[0] >= 0 && faults.fsyncLatencyUs[0] <= faults.fsyncLatencyUs[1], "fsync latency range")
+  for (const probability of [faults.eioOnWriteProbability, faults.eioOnFsyncProbability, faults.enospcOnWriteProbability]) {
+    assert(probability >= 0 && probability <= 1, "fault probabilities lie in [0, 1]")
+  }
+  assert(faults.capacityBytes === undefined || faults.capacityBytes >= 0, "capacity is not negative")
+}
+
 export function normalizePath(path: string): string {
   return joinParts(splitPath(path), Number.POSITIVE_INFINITY)
 }

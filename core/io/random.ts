@@ -7,7 +7,7 @@ import { Effect, Random } from "effect"
 
 /** An integer in [minInclusive, maxExclusive). */
 export const randomIntBetween = (minInclusive: number, maxExclusive: number): Effect.Effect<number> =>
-  Random.nextIntBetween(minInclusive, maxExclusive)
+  Random.nextIntBetween(minInclusive, maxExclusive, { halfOpen: true })
 
 /** A uniformly random value in [0, 1). */
 export const randomFraction: Effect.Effect<number> = Random.next

@@ -1,0 +1,15 @@
+import { benchKernel } from "./kernel.js"
+import { benchSeeds } from "./seeds.js"
+
+/** `npm run bench`: figures and ratios against baselines measured in the same run. */
+const only = process.argv[2]
+const benches: ReadonlyArray<readonly [string, () => void | Promise<void>]> = [
+  ["kernel", benchKernel],
+  ["seeds", benchSeeds],
+  ["wal", async () => (await import("./wal.js")).benchWal()]
+]
+for (const [name, bench] of benches) {
+  if (only !== undefined && only !== name) continue
+  await bench()
+  console.log()
+}

@@ -1,0 +1,12 @@
+import { makeAppendLogScenario } from "./append-log.js"
+import type { Scenario } from "./scenario.js"
+
+/** Every named scenario. Planted-bug variants exist to prove the checkers can fail. */
+export const SCENARIOS: ReadonlyArray<Scenario> = [makeAppendLogScenario("none"), makeAppendLogScenario("ack-before-fsync")]
+
+/** Scenarios a default sweep runs (planted bugs are run only when named). */
+export const DEFAULT_SWEEP_SCENARIOS: ReadonlyArray<Scenario> = SCENARIOS.filter((s) => !s.name.includes("-planted-"))
+
+export function findScenario(name: string): Scenario | undefined {
+  return SCENARIOS.find((s) => s.name === name)
+}
