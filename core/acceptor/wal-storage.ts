@@ -16,7 +16,8 @@ export const WalStorageErrorReason = Schema.Literals([
   "NoOpenSegment", // flush with nothing open (neon#11605)
   "Stopped", // an fsync failed earlier: the timeline is fail-stopped and never retries
   "EndBelowCommit", // on load, the WAL found ends below the persisted commit_lsn
-  "Corrupt" // files on disk contradict each other
+  "Corrupt", // files on disk contradict each other
+  "InvalidWal" // written bytes are not valid WAL, or an LSN is not a record boundary (nothing written)
 ])
 export type WalStorageErrorReason = typeof WalStorageErrorReason.Type
 
