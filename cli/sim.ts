@@ -154,10 +154,15 @@ function sweep(options: SweepOptions): number {
   return failures.length > 0 ? EXIT_VIOLATION : EXIT_OK
 }
 
-/** Re-runs seeds in a fresh process; a differing hash is non-determinism, named by its first differing line. */
+/**
+ * Re-runs seeds in a fresh process, in reverse order (so a run that depends on what ran before
+ * it in the process shows up too); a differing hash is non-determinism, named by its first
+ * differing trace line.
+ */
 function recheckInChild(scenario: Scenario, seeds: ReadonlyArray<{ seed: number; traceHash: string }>): SweepFailure[] {
   if (seeds.length === 0) return []
-  const child = spawnSync(process.execPath, [SK_BIN, "sim", "hashes", "--scenario", scenario.name, "--seed-list", seeds.map((s) => s.seed).join(",")], {
+  const seedList = seeds.map((s) => s.seed).reverse().join(",")
+  const child = spawnSync(process.execPath, [SK_BIN, "sim", "hashes", "--scenario", scenario.name, "--seed-list", seedList], {
     encoding: "utf8",
     maxBuffer: 64 * 1024 * 1024
   })
@@ -202,9 +207,19 @@ export function describeDifference(scenario: Scenario, seed: number): string {
 function failureOf(result: ScenarioResult): SweepFailure {
   const nondeterministic = result.nondeterminism.length > 0
   const detail = nondeterministic
-    ? `${result.scenario} seed ${result.seed}: touched ${result.nondeterminism.map((h) => `${h.what} at ${h.site}`).join("; ")}`
+    ? `${result.scenario} seed ${result.seed}: touched ${distinctHits(result).map((h) => `${h.what} at ${h.site}`).join("; ")}`
     : `${result.scenario} seed ${result.seed}: ${result.violations.map((v) => `${v.who} at ${v.atUs} µs: ${v.message}`).join("; ")}`
   return { scenario: result.scenario, seed: result.seed, kind: nondeterministic ? "nondeterminism" : "violation", detail, repro: reproLine(result.scenario, result.seed) }
+}
+
+function distinctHits(result: ScenarioResult): ReadonlyArray<{ what: string; site: string }> {
+  const seen = new Set<string>()
+  return result.nondeterminism.filter((h) => {
+    const key = `${h.what} ${h.site}`
+    if (seen.has(key)) return false
+    seen.add(key)
+    return true
+  })
 }
 
 export function exitCodeOf(result: ScenarioResult): number {
@@ -237,7 +252,7 @@ function printResult(result: ScenarioResult): void {
   console.log(`work: ${Object.entries(result.work).map(([k, v]) => `${k}=${v}`).join(" ")}`)
   if (result.marks.length > 0) console.log(`marks: ${result.marks.join(" ")}`)
   for (const v of result.violations) console.log(`VIOLATION ${v.who} at ${v.atUs} µs: ${v.message}`)
-  for (const h of result.nondeterminism) console.log(`NON-DETERMINISM: touched ${h.what} at ${h.site}`)
+  for (const h of distinctHits(result)) console.log(`NON-DETERMINISM: touched ${h.what} at ${h.site}`)
   console.log(`trace hash: ${result.traceHash}`)
   console.log(`repro: ${reproLine(result.scenario, result.seed)}`)
 }

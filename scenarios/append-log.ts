@@ -38,7 +38,14 @@ const RECONNECT_BACKOFF_US: readonly [number, number] = [5_000, 50_000]
 const FAULT_PHASE_US = 3_000_000
 const LIVENESS_PHASE_US = 2_000_000
 
-export type PlantedBug = "none" | "ack-before-fsync"
+/**
+ * Planted bugs prove the checkers can fail: acknowledging before the fsync (a durability bug),
+ * reading the wall clock (caught by the trip-wires), and a process-global counter in the trace
+ * (a run depends on what ran before it in the process: caught by the sweep's child re-run).
+ */
+export type PlantedBug = "none" | "ack-before-fsync" | "wall-clock" | "global-counter"
+
+let plantedGlobalCounter = 0
 
 interface Acked {
   readonly payload: Uint8Array
@@ -231,6 +238,7 @@ const serverProgram = (node: string, bug: PlantedBug) =>
       for (;;) {
         const batch = yield* Queue.takeAll(commits)
         const bytes = encodeRecords(batch)
+        if (bug === "wall-clock") yield* logInfo("batch", { atMs: Date.now() })
         yield* file.write(endOffset, bytes)
         endOffset += bytes.length
         if (bug === "ack-before-fsync") for (const p of batch) yield* Deferred.succeed(p.done, undefined)
@@ -239,7 +247,7 @@ const serverProgram = (node: string, bug: PlantedBug) =>
       }
     })
     const listener = yield* net.listen(`${node}:${PORT}`)
-    yield* logInfo("serving", { endOffset })
+    yield* logInfo("serving", { endOffset, ...(bug === "global-counter" ? { incarnations: ++plantedGlobalCounter } : {}) })
     const acceptLoop = Effect.forever(
       Effect.flatMap(listener.accept, (connection) => Effect.forkChild(serveConnection(connection, commits)))
     )

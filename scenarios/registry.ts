@@ -2,7 +2,12 @@ import { makeAppendLogScenario } from "./append-log.js"
 import type { Scenario } from "./scenario.js"
 
 /** Every named scenario. Planted-bug variants exist to prove the checkers can fail. */
-export const SCENARIOS: ReadonlyArray<Scenario> = [makeAppendLogScenario("none"), makeAppendLogScenario("ack-before-fsync")]
+export const SCENARIOS: ReadonlyArray<Scenario> = [
+  makeAppendLogScenario("none"),
+  makeAppendLogScenario("ack-before-fsync"),
+  makeAppendLogScenario("wall-clock"),
+  makeAppendLogScenario("global-counter")
+]
 
 /** Scenarios a default sweep runs (planted bugs are run only when named). */
 export const DEFAULT_SWEEP_SCENARIOS: ReadonlyArray<Scenario> = SCENARIOS.filter((s) => !s.name.includes("-planted-"))
