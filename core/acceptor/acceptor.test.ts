@@ -437,7 +437,7 @@ describe("append", () => {
     expect(node.acceptor.commitLsn()).toBe(more[1])
     expect(reply.flushLsn).toBe(more[1])
     // In-memory commit moved, the control file did not: the reply says what is durable.
-    expect(reply.commitLsn).toBeLessThan(more[1])
+    expect(reply.commitLsn).toBeLessThan(more[1]!)
     expect(reply.commitLsn).toBe(node.bench.loadState().commitLsn)
     node.bench.run(node.acceptor.persistInMemory)
     expect(node.bench.loadState().commitLsn).toBe(more[1])
