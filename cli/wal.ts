@@ -51,7 +51,7 @@ export function registerWalCommands(program: Command): void {
     .addOption(new Option("--seed <n>", "seed for record sizes").argParser(parseSeed).default(1))
     .addOption(new Option("--start <lsn>", "LSN of the first record (X/Y, segment 1 or later)").argParser(parseLsnArgument))
     .addOption(new Option("--pg-version <v>", "PostgreSQL major (14-17) or PG_VERSION_NUM").argParser(parsePgVersion).default(15 as PgMajorVersion))
-    .addOption(new Option("--sysid <id>", "system identifier (decimal u64)").argParser(parseSystemId).default(SYNTH_DEFAULT_SYSTEM_ID))
+    .addOption(new Option("--sysid <id>", "system identifier (decimal u64)").argParser(parseSystemId).default(SYNTH_DEFAULT_SYSTEM_ID, SYNTH_DEFAULT_SYSTEM_ID.toString()))
     .addOption(new Option("--segment-size <bytes>", "WAL segment size").argParser(parseSegmentSize).default(DEFAULT_WAL_SEGMENT_SIZE_BYTES))
     .option("--switch", "end the first segment early with an XLOG_SWITCH record")
     .action(function(this: Command, options: SynthCliOptions) {
