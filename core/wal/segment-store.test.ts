@@ -8,7 +8,7 @@
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { Cause, Effect, Exit } from "effect"
+import { Cause, Effect, Exit, Fiber } from "effect"
 import { afterEach, describe, expect, test } from "vitest"
 import { WalStorageError } from "../acceptor/wal-storage.js"
 import { Disk, DiskError, joinPath } from "../io/disk.js"
@@ -516,6 +516,50 @@ describe("segment store faults (simulated disk)", () => {
       // Segment 2 was filled and completed; segment 3 could not be created, and no temp file is left.
       expect(store.positions().flushLsn).toBe(3 * SEGMENT_BYTES)
       expect(disk.listNow(bench.directory)).toEqual([segmentName(2, false)])
+    }))
+  })
+
+  test("a truncate that fails after its first fsync leaves nothing for a flush to do, and can be retried", async () => {
+    const bench = await makeBench("sim")
+    const { faults } = bench.sim!
+    const generator = generatorAt(START)
+    const first = message(generator, 2000, "a")
+    const second = message(generator, 2000, "b")
+    await bench.run(Effect.gen(function* () {
+      const store = yield* freshStore(bench)
+      yield* store.write(START, concat([first.bytes, second.bytes]))
+      faults.eioOnWriteProbability = 1 // the ftruncate of the tail fails
+      expect(yield* failureOf(store.truncate(first.nextLsn))).toBe("Disk:EIO")
+      faults.eioOnWriteProbability = 0
+      expect(store.isTruncationPending).toBe(true)
+      expect(positionsOf(store)).toEqual([first.nextLsn, first.nextLsn, first.nextLsn, first.nextLsn])
+      yield* store.flush // not NoOpenSegment (neon#11605)
+      expect(yield* failureOf(store.write(second.fromLsn, second.bytes))).toBe("TruncationPending")
+      yield* store.truncate(first.nextLsn)
+      yield* store.write(second.fromLsn, second.bytes)
+      yield* store.flush
+      expect(store.positions().flushRecordLsn).toBe(second.nextLsn)
+    }))
+  })
+
+  test("calls are serialized, and a started write finishes even if its caller is interrupted", async () => {
+    const bench = await makeBench("sim")
+    const { bytes, records } = bulk(1.5 * SEGMENT_BYTES)
+    await bench.run(Effect.gen(function* () {
+      const store = yield* freshStore(bench)
+      // Interrupted while its writes wait on disk latency: the write still completes as a whole.
+      const writer = yield* Effect.forkChild(store.write(START, bytes))
+      yield* Effect.sleep("30 micros")
+      yield* Fiber.interrupt(writer)
+      const end = START + bytes.length
+      expect(store.positions().writeLsn).toBe(end)
+      expect(store.positions().flushLsn).toBe(3 * SEGMENT_BYTES)
+      // Readers, a flush and a removal issued at once see one call at a time.
+      const reads = Array.from({ length: 6 }, (_, i) => store.read(Lsn(START + i * 100_000), 50_000))
+      const [flushed, ...chunks] = yield* Effect.all([store.flush.pipe(Effect.as("flushed")), ...reads], { concurrency: "unbounded" })
+      expect(flushed).toBe("flushed")
+      chunks.forEach((chunk, i) => expectSameBytes(chunk as Uint8Array, bytes.subarray(i * 100_000, i * 100_000 + 50_000)))
+      expect(store.positions().flushRecordLsn).toBe(records.at(-1)!.nextLsn)
     }))
   })
 

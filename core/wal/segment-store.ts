@@ -266,6 +266,10 @@ export class SegmentStore implements WalStorage {
         this.openSegment = undefined
         yield* this.durably(open.file.datasync).pipe(Effect.ensuring(open.file.close))
       }
+      // All that is written is durable now and no segment is open: should a later step fail, a
+      // flush has nothing left to do (rather than NoOpenSegment, neon#11605).
+      this.flushLsn = this.writeLsn
+      this.flushRecordLsn = this.writtenBoundaryLsn
       const files = indexSegmentFiles(yield* this.disk.list(this.directory), this.segmentSizeBytes)
       const plan = planTruncation(files, endLsn, this.segmentSizeBytes)
       yield* this.zeroTail(plan)
