@@ -50,7 +50,10 @@ export interface WalStorage {
   initializeFirstSegment(startLsn: Lsn): Effect.Effect<void, WalStorageError | DiskError>
   /** Removes segment files with segment number ≤ `segmentNo`. */
   removeUpTo(segmentNo: number): Effect.Effect<void, WalStorageError | DiskError>
-  /** Reads WAL bytes [startLsn, startLsn + length) still on disk; never crosses a segment. */
+  /**
+   * Reads WAL bytes [startLsn, startLsn + length) still on disk; never crosses a segment. Returns
+   * fewer bytes at a segment end or at write_lsn, and none at or past write_lsn.
+   */
   read(startLsn: Lsn, length: number): Effect.Effect<Uint8Array, WalStorageError | DiskError>
   readonly close: Effect.Effect<void>
 }
