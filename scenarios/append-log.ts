@@ -208,7 +208,8 @@ function runAppendLog(name: string, bug: PlantedBug, seed: number, options: Scen
       operationCrashes: world.stats.operationCrashes,
       exits: world.stats.exits,
       connections: world.net.stats.connections,
-      schedulerSteps: kernel.stats.tasks
+      schedulerSteps: kernel.stats.tasks,
+      timersFired: kernel.stats.timersFired
     },
     marks: [...marks].sort(),
     traceLines: kernel.trace.lines

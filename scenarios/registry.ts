@@ -1,9 +1,12 @@
+import { makeAcceptorStorageScenario } from "./acceptor-storage.js"
 import { makeAppendLogScenario } from "./append-log.js"
 import type { Scenario } from "./scenario.js"
 
 /** Every named scenario. Planted-bug variants exist to prove the checkers can fail. */
 export const SCENARIOS: ReadonlyArray<Scenario> = [
   makeAppendLogScenario("none"),
+  makeAcceptorStorageScenario("none"),
+  makeAcceptorStorageScenario("no-fsync"),
   makeAppendLogScenario("ack-before-fsync"),
   makeAppendLogScenario("wall-clock"),
   makeAppendLogScenario("global-counter")
