@@ -210,3 +210,45 @@ function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
   for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false
   return true
 }
+
+describe("acceptor on the segment store: XLOG_SWITCH", () => {
+  // Found in review: the walproposer sends at most 128 KiB per message while a switch pads up
+  // to a whole segment, so an append can end inside the padding. flush_record_lsn then stays at
+  // the switch record's start while write_record_lsn is the next segment: the acceptor must
+  // reply with the flushed boundary (never more than TIMELINE_STATUS would show), not die.
+  test("an append ending inside switch padding is answered with the flushed record boundary", () => {
+    const lab = new DiskLab(1)
+    const outcome = lab.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      yield* disk.mkdir(DIRECTORY)
+      yield* persistControlFile(DIRECTORY, freshState, { noSync: false })
+      const walStorage = yield* openSegmentStore({ directory: DIRECTORY, segmentSizeBytes: SEGMENT_BYTES, commitLsn: Lsn(0), pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID })
+      const acceptor = yield* makeAcceptor({ nodeId: NodeId(1), state: freshState, walStorage, directory: DIRECTORY, noSync: false })
+      yield* acceptor.handle({ _tag: "ProposerGreeting", tenantId: TENANT, timelineId: TIMELINE, mconf, pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES })
+      yield* acceptor.handle({ _tag: "VoteRequest", generation: Generation(1), term: Term(1) })
+      yield* acceptor.handle({ _tag: "ProposerElected", generation: Generation(1), term: Term(1), startStreamingAt: START, termHistory: [{ term: Term(1), lsn: START }] })
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const first = generator.appendLogicalMessage("a", messageFor(1, 5000))
+      const switchRecord = generator.appendSwitch()
+      const after = generator.appendLogicalMessage("b", messageFor(2, 700))
+      const firstReply = yield* acceptor.handle(appendOf(1, START, first.bytes, 0))
+      expect(firstReply?._tag === "AppendResponse" && firstReply.flushLsn).toBe(first.nextLsn)
+      // The switch record and 64 KiB of its padding in one message.
+      const cut = 64 * 1024
+      const partial = yield* acceptor.handle(appendOf(1, switchRecord.fromLsn, switchRecord.bytes.subarray(0, cut), first.nextLsn))
+      expect(partial?._tag === "AppendResponse" && partial.flushLsn).toBe(switchRecord.startLsn)
+      expect(acceptor.flushLsn()).toBe(switchRecord.startLsn)
+      const vote = yield* acceptor.handle({ _tag: "VoteRequest", generation: Generation(1), term: Term(2) })
+      expect(vote?._tag === "VoteResponse" && vote.flushLsn).toBe(switchRecord.startLsn)
+      // A proposer at term 2 resends from the boundary; the rest arrives, the next segment too.
+      const history = [{ term: Term(1), lsn: START }, { term: Term(2), lsn: switchRecord.startLsn }]
+      yield* acceptor.handle({ _tag: "ProposerElected", generation: Generation(1), term: Term(2), startStreamingAt: switchRecord.startLsn, termHistory: history })
+      const rest = yield* acceptor.handle(appendOf(2, switchRecord.fromLsn, concat([switchRecord.bytes, after.bytes]), first.nextLsn))
+      expect(rest?._tag === "AppendResponse" && rest.flushLsn).toBe(after.nextLsn)
+      const flushed = yield* acceptor.flush
+      expect(flushed.flushLsn).toBe(after.nextLsn)
+    }))
+    expect(outcome._tag).toBe("done")
+    if (outcome._tag === "done") expect(Exit.isSuccess(outcome.exit), String(outcome._tag === "done" && outcome.exit)).toBe(true)
+  })
+})

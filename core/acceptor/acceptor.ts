@@ -182,16 +182,18 @@ export function decideGreeting(state: AcceptorSnapshot, greeting: ProposerGreeti
 }
 
 /**
- * VoteRequest (§5): flush WAL first (the new leader must see our true end of WAL, neon#9259),
- * then vote only for a term above ours, persisting it before the reply leaves. An equal term
- * gets vote_given = false: we never vote twice in one term.
+ * VoteRequest (§5): the shell flushes WAL first (the new leader must see our true end of WAL,
+ * neon#9259) and passes the positions after that flush; we vote only for a term above ours,
+ * persisting it before the reply leaves. An equal term gets vote_given = false: we never vote
+ * twice in one term. The reported flush_lsn is the flushed record boundary, which after an
+ * XLOG_SWITCH whose padding is still partial lies below write_record_lsn: reporting the latter
+ * would promise WAL that a later TIMELINE_STATUS does not show (the neon#9259 panic).
  */
-export function decideVote(state: AcceptorSnapshot, request: VoteRequest, wal: WalPositions): Result.Result<Decision<VoteResponse>, AcceptorError> {
+export function decideVote(state: AcceptorSnapshot, request: VoteRequest, walAfterFlush: WalPositions): Result.Result<Decision<VoteResponse>, AcceptorError> {
   const generationProblem = generationMismatch(state, request.generation)
   if (generationProblem !== undefined) return Result.fail(generationProblem)
-  // After the flush step, flush_record_lsn == write_record_lsn (the shell asserts it).
-  const flushLsn = acceptorFlushLsn(state, wal.writeRecordLsn)
-  const steps: DurableStep[] = [{ _tag: "FlushWal" }]
+  const flushLsn = acceptorFlushLsn(state, walAfterFlush.flushRecordLsn)
+  const steps: DurableStep[] = []
   let next = state
   let voteGiven = false
   if (state.persisted.acceptorState.term < request.term) {
@@ -346,10 +348,10 @@ export function completeAppend(
   return { steps, reply: appendResponse(next, flushLsn), next }
 }
 
-/** FlushWAL (§5, internal): fsync what was written, then report. */
-export function decideFlush(state: AcceptorSnapshot, wal: WalPositions): Decision<AppendResponse> {
-  const flushLsn = acceptorFlushLsn(state, wal.writeRecordLsn)
-  return { steps: [{ _tag: "FlushWal" }], reply: appendResponse(state, flushLsn), next: state }
+/** FlushWAL (§5, internal): the shell fsyncs what was written, then we report from the positions after it. */
+export function decideFlush(state: AcceptorSnapshot, walAfterFlush: WalPositions): Decision<AppendResponse> {
+  const flushLsn = acceptorFlushLsn(state, walAfterFlush.flushRecordLsn)
+  return { steps: [], reply: appendResponse(state, flushLsn), next: state }
 }
 
 /**
@@ -487,10 +489,9 @@ export const makeAcceptor = Effect.fn("Acceptor.make")(function* (options: Accep
       case "FlushWal": {
         yield* wal.flush
         const positions = wal.positions()
-        assert(
-          positions.flushRecordLsn === positions.writeRecordLsn,
-          `WAL flush left flush_record_lsn ${formatLsn(positions.flushRecordLsn)} below write_record_lsn ${formatLsn(positions.writeRecordLsn)}`
-        )
+        // Every written byte is durable; the record boundary may trail (XLOG_SWITCH padding).
+        assert(positions.flushLsn === positions.writeLsn, `WAL flush left flush_lsn ${formatLsn(positions.flushLsn)} below write_lsn ${formatLsn(positions.writeLsn)}`)
+        assert(positions.flushRecordLsn <= positions.writeRecordLsn, "flush_record_lsn passed write_record_lsn")
         return
       }
       case "InitializeFirstSegment":
@@ -534,12 +535,16 @@ export const makeAcceptor = Effect.fn("Acceptor.make")(function* (options: Accep
       return yield* act(completeAppend(state, request, walBefore, wal.positions(), { requireFlush }))
     })
 
+  /** Flushes WAL, then decides from the positions after the flush (vote, FlushWAL). */
+  const flushThen = <Reply extends AcceptorMessage>(decide: () => Result.Result<Decision<Reply>, AcceptorError>) =>
+    Effect.andThen(runSteps([{ _tag: "FlushWal" }]), Effect.suspend(() => Effect.flatMap(Effect.fromResult(decide()), act)))
+
   const handleMessage = (message: ProposerMessage): Effect.Effect<AcceptorMessage | undefined, AcceptorFailure, Disk> => {
     switch (message._tag) {
       case "ProposerGreeting":
         return Effect.flatMap(Effect.fromResult(decideGreeting(state, message)), act)
       case "VoteRequest":
-        return Effect.flatMap(Effect.fromResult(decideVote(state, message, wal.positions())), act)
+        return flushThen(() => decideVote(state, message, wal.positions()))
       case "ProposerElected":
         return Effect.flatMap(Effect.fromResult(decideElected(state, message, wal.positions())), act)
       case "AppendRequest":
@@ -553,7 +558,7 @@ export const makeAcceptor = Effect.fn("Acceptor.make")(function* (options: Accep
     // Decisions read `state` when they run, under the lock: hence the suspends.
     handle: (message) => exclusive(Effect.suspend(() => handleMessage(message))),
     appendNoFlush: (request) => exclusive(append(request, false)),
-    flush: exclusive(Effect.suspend(() => act(decideFlush(state, wal.positions())))).pipe(
+    flush: exclusive(flushThen(() => Result.succeed(decideFlush(state, wal.positions())))).pipe(
       Effect.map((reply) => {
         assert(reply !== undefined, "FlushWAL always replies")
         return reply

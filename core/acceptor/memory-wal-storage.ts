@@ -86,12 +86,13 @@ export class MemoryWalStorage implements WalStorage {
 
   readonly flush: Effect.Effect<void, WalStorageError> = Effect.suspend(() => {
     if (this.closed) return Effect.fail(new WalStorageError({ reason: "Stopped", message: "storage is closed" }))
-    // Neon's flush_wal: nothing to do while the record LSNs agree.
-    if (this.flushRecordLsn === this.writeRecordLsn) return Effect.void
+    // Neon's flush_wal: nothing to do while everything written is flushed.
+    if (this.flushLsn === this.writeLsn) return Effect.void
     this.stats.flushes++
     this.flushLsn = this.writeLsn
-    this.flushRecordLsn = this.writeRecordLsn
-    this.unflushedRecordEnds = []
+    // As the segment store: the boundary never passes flush_lsn, so inside XLOG_SWITCH padding
+    // flush_record_lsn stays at the switch record's start while write_record_lsn jumps ahead.
+    this.advanceFlushRecordLsn()
     return Effect.void
   })
 
