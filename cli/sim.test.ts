@@ -67,11 +67,22 @@ describe("sk sim", () => {
     [["sim", "run", "--scenario", "append-log", "--seed", "1", "--bogus"], /unknown option '--bogus'/],
     [["sim", "sweep", "--seeds", "0"], /positive integer/],
     [["sim", "sweep", "--seeds", "5", "--shard", "3/2"], /shard index/],
+    [["sim", "sweep", "--seeds", "4", "--start", "9007199254740990"], /runs past the largest seed/],
     [["sim", "frobnicate"], /unknown command/]
   ])("bad input %j gets a clear error and a non-zero exit", (args, message) => {
     const result = sk(...args)
     expect(result.status).not.toBe(0)
     expect(result.stderr).toMatch(message)
+  })
+
+  test("every shard of a sweep re-checks some of its seeds in a child process", () => {
+    for (const shard of ["0/2", "1/2"]) {
+      const sweep = sk("sim", "sweep", "--seeds", "4", "--shard", shard, "--recheck-every", "10", "--scenario", "append-log", "--json")
+      expect(sweep.status).toBe(0)
+      const summary = JSON.parse(sweep.stdout) as { runs: number; rechecked: number }
+      expect(summary.runs).toBe(2)
+      expect(summary.rechecked).toBeGreaterThan(0)
+    }
   })
 
   test("sim list names the scenarios", () => {

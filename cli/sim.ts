@@ -65,6 +65,9 @@ export function registerSimCommands(program: Command): void {
     .option("--recheck-every <k>", "re-run every k-th seed in a child process", parsePositiveInteger, RECHECK_EVERY_DEFAULT)
     .option("--json", "print one JSON summary")
     .action((options: SweepOptions) => {
+      if (options.start + options.seeds - 1 > Number.MAX_SAFE_INTEGER) {
+        throw new InvalidArgumentError(`--start ${options.start} --seeds ${options.seeds} runs past the largest seed, 2^53-1`)
+      }
       process.exitCode = sweep(options)
     })
 
@@ -110,15 +113,19 @@ function sweep(options: SweepOptions): number {
   const startedMs = Date.now()
   for (const scenario of scenarios) {
     const recheck: Array<{ seed: number; traceHash: string }> = []
+    let ranHere = 0
     for (let seed = options.start; seed < options.start + options.seeds; seed++) {
       if (options.shard !== undefined && seed % options.shard.count !== options.shard.index) continue
       const result = scenario.run(seed, { recordTrace: false })
+      // Sampled by position among the seeds this shard runs, so every shard re-checks some.
+      const sampled = ranHere % options.recheckEvery === 0
+      ranHere++
       runs++
       simulatedMs += result.simulatedMs
       for (const [key, value] of Object.entries(result.work)) work[key] = (work[key] ?? 0) + value
       for (const mark of result.marks) marks.set(mark, (marks.get(mark) ?? 0) + 1)
       if (!result.ok) failures.push(failureOf(result))
-      if (!result.ok || (seed - options.start) % options.recheckEvery === 0) recheck.push({ seed, traceHash: result.traceHash })
+      if (!result.ok || sampled) recheck.push({ seed, traceHash: result.traceHash })
     }
     rechecked += recheck.length
     failures.push(...recheckInChild(scenario, recheck))

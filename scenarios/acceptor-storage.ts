@@ -5,7 +5,7 @@ import { logInfo } from "../core/io/log.js"
 import { makeAcceptor, type Acceptor } from "../core/acceptor/acceptor.js"
 import { loadControlFile, persistControlFile } from "../core/acceptor/control-file.js"
 import { Generation, NodeId, type PersistedState, TenantId, Term, type TermHistory, TimelineId, UNIX_EPOCH } from "../core/acceptor/state.js"
-import type { AcceptorMessage, AppendRequest } from "../core/protocol/consensus.js"
+import { MAX_SEND_SIZE_BYTES, type AcceptorMessage, type AppendRequest } from "../core/protocol/consensus.js"
 import { WalGenerator } from "../core/wal/generator.js"
 import { Lsn } from "../core/wal/lsn.js"
 import { openSegmentStore } from "../core/wal/segment-store.js"
@@ -14,6 +14,7 @@ import { NO_DISK_FAULTS, type DiskFaults } from "../sim/disk.js"
 import { DEFAULT_NET_FAULTS } from "../sim/net.js"
 import { SwarmConfig } from "../sim/swarm.js"
 import { EFFECT_VERSION } from "../sim/version.js"
+import type { Incarnation } from "../sim/kernel.js"
 import { World } from "../sim/world.js"
 import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
 
@@ -83,6 +84,7 @@ class Ledger {
   grantedTerm = 0
   recoveries = 0
   recoveriesChecked = 0
+  switches = 0
   appends = 0
   bytesStreamed = 0
   elections = 0
@@ -105,7 +107,7 @@ export function makeAcceptorStorageScenario(bug: AcceptorStoragePlantedBug): Sce
     description: bug === "none"
       ? "one acceptor (rules, control file, segment store) under crashes and disk faults; every granted vote and reported flush LSN must survive, byte for byte"
       : `acceptor-storage with a planted bug (${bug}); the checker must fail it`,
-    expectedMarks: ["crash-after-flush", "recovered-unsynced-tail", "lost-unsynced-tail", "fail-stop-restart", "segment-rollover"],
+    expectedMarks: ["crash-after-flush", "recovered-unsynced-tail", "lost-unsynced-tail", "fail-stop-restart", "segment-rollover", "xlog-switch"],
     run: (seed, options) => runAcceptorStorage(name, bug === "no-fsync", seed, options)
   }
 }
@@ -122,6 +124,7 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
     eioOnWriteProbability: swarm.pick("write-eio", 0.001, 0.005)
   }
   const flushEveryAppend = swarm.level("flush-every-append") !== "off"
+  const switchProbability = swarm.pick("xlog-switch", 0.02, 0.1)
   const config = swarm.describe()
   const ledger = new Ledger()
   const marks = new Set<string>()
@@ -129,7 +132,7 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
   const world = new World({
     seed,
     nodes: [NODE],
-    program: (node) => safekeeperLife(ledger, flushEveryAppend, noSync, marks, (message) => world.violation(node, message)),
+    program: (node, life) => safekeeperLife(life, ledger, { flushEveryAppend, switchProbability, noSync }, marks, (message) => world.violation(node, message)),
     diskFaults,
     netFaults: DEFAULT_NET_FAULTS,
     crashOnOperationProbability,
@@ -169,6 +172,7 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
   world.dispose()
   if (world.stats.exits > 0) marks.add("fail-stop-restart")
   if (ledger.promisedFlushLsn > START + SEGMENT_BYTES) marks.add("segment-rollover")
+  if (ledger.switches > 0) marks.add("xlog-switch")
 
   const nondeterminism = [...tripsFault, ...tripsLive, ...tripsEnd]
   const stats = world.disk(NODE).stats
@@ -187,6 +191,7 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
       bytesStreamed: ledger.bytesStreamed,
       flushLsnReached: ledger.promisedFlushLsn - START,
       elections: ledger.elections,
+      switches: ledger.switches,
       recoveries: ledger.recoveries,
       fsyncs: stats.fsyncs,
       tornWrites: stats.tornWrites,
@@ -207,8 +212,25 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
 // ---------------------------------------------------------------------------------------------
 // One life of the safekeeper, with the proposer that drives it.
 
-const safekeeperLife = (ledger: Ledger, flushEveryAppend: boolean, noSync: boolean, marks: Set<string>, violation: (message: string) => void) =>
+interface ProposerOptions {
+  readonly flushEveryAppend: boolean
+  /** Chance that a batch ends with an XLOG_SWITCH (its padding then spans several appends). */
+  readonly switchProbability: number
+  readonly noSync: boolean
+}
+
+/**
+ * One life of the safekeeper and the proposer that drives it. The proposer's memory (the
+ * ledger) is written only while this life is alive: Effect 4 resumes fibers inline, so code of a
+ * life that just crashed at a Disk operation may run on until its next simulated call, and it
+ * must not record promises the dead node made.
+ */
+const safekeeperLife = (life: Incarnation, ledger: Ledger, options: ProposerOptions, marks: Set<string>, reportViolation: (message: string) => void) =>
   Effect.gen(function* () {
+    const noSync = options.noSync
+    const violation = (message: string) => {
+      if (life.alive) reportViolation(message)
+    }
     const disk = yield* Disk
     yield* disk.mkdir(DIRECTORY)
     for (const directory of ["/", "/data", "/data/tenant"]) yield* disk.syncDirectory(directory)
@@ -228,20 +250,21 @@ const safekeeperLife = (ledger: Ledger, flushEveryAppend: boolean, noSync: boole
       noSync
     })
     const acceptor = yield* makeAcceptor({ nodeId: NodeId(1), state, walStorage, directory: DIRECTORY, noSync })
-    yield* checkRecovery(acceptor, (lsn, length) => walStorage.read(lsn, length), ledger, marks, violation)
+    yield* checkRecovery(life, acceptor, (lsn, length) => walStorage.read(lsn, length), ledger, marks, violation)
     yield* logInfo("recovered", { term: acceptor.term(), flushLsn: acceptor.flushLsn(), commitLsn: acceptor.commitLsn() })
-    yield* propose(acceptor, ledger, flushEveryAppend)
+    yield* propose(life, acceptor, ledger, options)
   })
 
 /** What a restart found must cover every promise, byte for byte. */
 const checkRecovery = Effect.fnUntraced(function* (
+  life: Incarnation,
   acceptor: Acceptor,
   read: (lsn: Lsn, length: number) => Effect.Effect<Uint8Array, unknown>,
   ledger: Ledger,
   marks: Set<string>,
   violation: (message: string) => void
 ) {
-  ledger.recoveries++
+  if (life.alive) ledger.recoveries++
   const term = acceptor.term()
   const flushLsn = acceptor.flushLsn()
   if (term < ledger.grantedTerm) violation(`term ${term} recovered below the granted vote's term ${ledger.grantedTerm}`)
@@ -259,16 +282,19 @@ const checkRecovery = Effect.fnUntraced(function* (
     }
     lsn += length
   }
-  ledger.recoveriesChecked++
+  if (life.alive) ledger.recoveriesChecked++
 })
 
 /** The proposer: a vote at a higher term, elected at the acceptor's flush LSN, then streaming. */
-const propose = Effect.fnUntraced(function* (acceptor: Acceptor, ledger: Ledger, flushEveryAppend: boolean) {
+const propose = Effect.fnUntraced(function* (life: Incarnation, acceptor: Acceptor, ledger: Ledger, options: ProposerOptions) {
+  const noteReply = (reply: AcceptorMessage | undefined) => {
+    if (life.alive && reply?._tag === "AppendResponse") ledger.promisedFlushLsn = Math.max(ledger.promisedFlushLsn, reply.flushLsn)
+  }
   yield* acceptor.handle({ _tag: "ProposerGreeting", tenantId: TENANT, timelineId: TIMELINE, mconf: MCONF, pgVersion: PG_VERSION_NUM, systemId: SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES })
   const term = Term(acceptor.term() + 1)
   const vote = yield* acceptor.handle({ _tag: "VoteRequest", generation: MCONF.generation, term })
   if (vote?._tag !== "VoteResponse" || !vote.voteGiven) return yield* Effect.die(new Error(`vote at term ${term} refused`))
-  ledger.grantedTerm = Math.max(ledger.grantedTerm, term)
+  if (life.alive) ledger.grantedTerm = Math.max(ledger.grantedTerm, term)
   const startLsn = Lsn(Math.max(vote.flushLsn, START))
   const history: TermHistory = [...acceptor.termHistory(), { term, lsn: startLsn }]
   yield* acceptor.handle({ _tag: "ProposerElected", generation: MCONF.generation, term, startStreamingAt: startLsn, termHistory: history })
@@ -291,36 +317,43 @@ const propose = Effect.fnUntraced(function* (acceptor: Acceptor, ledger: Ledger,
     for (let i = 0; i < count; i++) {
       const size = yield* Random.nextIntBetween(1, RECORD_BYTES_MAX)
       const record = generator.appendLogicalMessage(`t${term}`, messageFor(term * 100_000 + recordNo++, size))
-      ledger.recordStartByEnd.set(record.nextLsn, record.startLsn)
+      if (life.alive) ledger.recordStartByEnd.set(record.nextLsn, record.startLsn)
+      pieces.push(record.bytes)
+    }
+    if ((yield* Random.next) < options.switchProbability) {
+      const record = generator.appendSwitch()
+      if (life.alive) ledger.recordStartByEnd.set(record.nextLsn, record.startLsn)
+      ledger.switches++
       pieces.push(record.bytes)
     }
     const walData = concat(pieces)
+    if (!life.alive) return
     ledger.stream(beginLsn, walData)
-    const request: AppendRequest = {
-      _tag: "AppendRequest",
-      generation: MCONF.generation,
-      term,
-      beginLsn,
-      endLsn: Lsn(beginLsn + walData.byteLength),
-      commitLsn: Lsn(ledger.promisedFlushLsn),
-      truncateLsn: Lsn(0),
-      walData
-    }
-    ledger.appends++
-    if (flushEveryAppend) {
-      noteReply(yield* acceptor.handle(request), ledger)
-    } else {
-      noteReply(yield* acceptor.appendNoFlush(request), ledger)
-      if ((yield* Random.nextIntBetween(0, 3)) === 0) noteReply(yield* acceptor.flush, ledger)
+    // As the walproposer: at most MAX_SEND_SIZE bytes of WAL per AppendRequest.
+    for (let offset = 0; offset < walData.byteLength; offset += MAX_SEND_SIZE_BYTES) {
+      const chunk = walData.subarray(offset, Math.min(offset + MAX_SEND_SIZE_BYTES, walData.byteLength))
+      const request: AppendRequest = {
+        _tag: "AppendRequest",
+        generation: MCONF.generation,
+        term,
+        beginLsn: Lsn(beginLsn + offset),
+        endLsn: Lsn(beginLsn + offset + chunk.byteLength),
+        commitLsn: Lsn(ledger.promisedFlushLsn),
+        truncateLsn: Lsn(0),
+        walData: chunk
+      }
+      ledger.appends++
+      if (options.flushEveryAppend) {
+        noteReply(yield* acceptor.handle(request))
+      } else {
+        noteReply(yield* acceptor.appendNoFlush(request))
+        if ((yield* Random.nextIntBetween(0, 3)) === 0) noteReply(yield* acceptor.flush)
+      }
     }
   }
-  noteReply(yield* acceptor.flush, ledger)
+  noteReply(yield* acceptor.flush)
   yield* Effect.never
 })
-
-function noteReply(reply: AcceptorMessage | undefined, ledger: Ledger): void {
-  if (reply?._tag === "AppendResponse") ledger.promisedFlushLsn = Math.max(ledger.promisedFlushLsn, reply.flushLsn)
-}
 
 function concat(parts: ReadonlyArray<Uint8Array>): Uint8Array {
   const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0))
