@@ -434,6 +434,8 @@ describe.each(["live", "sim"] as const)("segment store on the %s disk", (world) 
       expect(yield* failureOf(openSegmentStore(options(bench, commit + 4)))).toBe("Corrupt")
       expect(yield* failureOf(openSegmentStore(options(bench, commit, { timelineStartLsn: Lsn(commit + 8) })))).toBe("Corrupt")
       expect(yield* failureOf(openSegmentStore(options(bench, commit, { pgVersion: 120000 })))).toBe("Corrupt")
+      // A wal_seg_size from a control file that Neon's format admits but no segment store can use.
+      expect(yield* failureOf(openSegmentStore(options(bench, commit, { segmentSizeBytes: 0x12345678 })))).toBe("Corrupt")
     }))
   })
 })

@@ -552,7 +552,10 @@ export class SegmentStore implements WalStorage {
 // ------------------------------------------------------------------ opening
 
 const configOf = (options: SegmentStoreOptions): Effect.Effect<StoreConfig, WalStorageError> => {
-  assert(isValidSegmentSize(options.segmentSizeBytes), "segment size is a power of two from 1 MiB to 1 GiB")
+  // The size comes from a control file on disk: a bad one is corrupt input, not a bug (review).
+  if (!isValidSegmentSize(options.segmentSizeBytes)) {
+    return walError("Corrupt", `wal_seg_size ${options.segmentSizeBytes} is not a power of two from 1 MiB to 1 GiB`)
+  }
   assert(ZERO_FILL_CHUNK_BYTES <= options.segmentSizeBytes && options.segmentSizeBytes % ZERO_FILL_CHUNK_BYTES === 0, "zero-fill chunks tile a segment")
   assertLsn(options.commitLsn, "commit_lsn")
   assert(options.systemId >= 0n && options.systemId < 1n << 64n, "system id is a u64")
