@@ -2,6 +2,7 @@
 // real timers. Method: run small fiber programs in a kernel, twice and with different seeds,
 // and compare trace hashes; plant each forbidden call and expect it to be reported by name.
 import { Effect, Fiber, Random } from "effect"
+import { randomBytes, randomUUID } from "node:crypto"
 import { describe, expect, test } from "vitest"
 import { sleepUs } from "../core/io/clock.js"
 import { Incarnation, Kernel } from "./kernel.js"
@@ -69,7 +70,12 @@ describe("sim runtime", () => {
     ["setImmediate", () => void setImmediate(() => {})],
     ["queueMicrotask", () => queueMicrotask(() => {})],
     ["process.nextTick", () => process.nextTick(() => {})],
-    ["a real Promise (then)", () => void Promise.resolve(1).then((x) => x)]
+    ["a real Promise (then)", () => void Promise.resolve(1).then((x) => x)],
+    ["process.hrtime", () => void process.hrtime()],
+    ["process.hrtime.bigint", () => void process.hrtime.bigint()],
+    ["process.uptime", () => void process.uptime()],
+    ["crypto.randomUUID", () => void randomUUID()],
+    ["crypto.randomBytes", () => void randomBytes(4)]
   ])("trip-wire catches %s", (what, touch) => {
     const run = runToy(3, touch)
     expect(run.hits).toContain(what)

@@ -1,12 +1,18 @@
 /**
  * While a simulated run executes, ambient sources of non-determinism are replaced: Date,
  * performance.now, Math.random, crypto's random sources, process.nextTick, the real timers and
- * Promise.prototype.then (a real promise would resume a fiber after the synchronous run ends).
+ * Promise.prototype.then (a real promise would resume a fiber after the synchronous run ends),
+ * process.hrtime/uptime and node:crypto's random functions.
  * Each use is recorded with the caller's stack and fails the run as non-deterministic. Time and
  * random reads return virtual/seeded values so the run can go on and report every touch.
  */
 import { webcrypto } from "node:crypto"
+import { createRequire, syncBuiltinESMExports } from "node:module"
 import seedrandom from "seedrandom"
+
+/** node:crypto's CommonJS object: patching it (then syncing) reaches ESM importers too. */
+const nodeCrypto = createRequire(import.meta.url)("node:crypto") as Record<string, unknown>
+const NODE_CRYPTO_RANDOM = ["randomUUID", "randomBytes", "randomInt", "randomFillSync", "randomFill"] as const
 
 export interface TripwireHit {
   readonly what: string
@@ -43,6 +49,9 @@ export function withTripwires<A>(seed: number, virtualNowMs: () => number, body:
     randomUUID: webcrypto.randomUUID,
     getRandomValues: webcrypto.getRandomValues,
     nextTick: process.nextTick,
+    hrtime: process.hrtime,
+    uptime: process.uptime,
+    nodeCrypto: NODE_CRYPTO_RANDOM.map((name) => nodeCrypto[name]),
     setTimeout: g["setTimeout"],
     setInterval: g["setInterval"],
     setImmediate: g["setImmediate"],
@@ -88,6 +97,27 @@ export function withTripwires<A>(seed: number, virtualNowMs: () => number, body:
     return array
   }) as typeof webcrypto.getRandomValues
   process.nextTick = fakeTimer("process.nextTick") as typeof process.nextTick
+  const hrtime = ((previous?: [number, number]) => {
+    hit("process.hrtime")
+    return saved.hrtime(previous)
+  }) as typeof process.hrtime
+  hrtime.bigint = () => {
+    hit("process.hrtime.bigint")
+    return saved.hrtime.bigint()
+  }
+  process.hrtime = hrtime
+  process.uptime = () => {
+    hit("process.uptime")
+    return saved.uptime()
+  }
+  NODE_CRYPTO_RANDOM.forEach((name, index) => {
+    const real = saved.nodeCrypto[index] as (...args: ReadonlyArray<unknown>) => unknown
+    nodeCrypto[name] = (...args: ReadonlyArray<unknown>) => {
+      hit(`crypto.${name}`)
+      return real(...args)
+    }
+  })
+  syncBuiltinESMExports()
   g["setTimeout"] = fakeTimer("setTimeout")
   g["setInterval"] = fakeTimer("setInterval")
   g["setImmediate"] = fakeTimer("setImmediate")
@@ -107,6 +137,12 @@ export function withTripwires<A>(seed: number, virtualNowMs: () => number, body:
     webcrypto.randomUUID = saved.randomUUID
     webcrypto.getRandomValues = saved.getRandomValues
     process.nextTick = saved.nextTick
+    process.hrtime = saved.hrtime
+    process.uptime = saved.uptime
+    NODE_CRYPTO_RANDOM.forEach((name, index) => {
+      nodeCrypto[name] = saved.nodeCrypto[index]
+    })
+    syncBuiltinESMExports()
     g["setTimeout"] = saved.setTimeout
     g["setInterval"] = saved.setInterval
     g["setImmediate"] = saved.setImmediate
