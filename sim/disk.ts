@@ -32,8 +32,9 @@ import type { Incarnation, Kernel } from "./kernel.js"
  * - Crash, per directory: a random prefix of its pending metadata log survives (so a later
  *   operation never survives without the earlier ones of that directory). Whatever is no longer
  *   reachable from the root is gone (files in an undone mkdir go with it). Per file: each unsynced
- *   write survives independently, torn to a prefix of whole 512-byte sectors (aligned to the
- *   absolute offset) or whole, and survivors are applied in a random order; truncations are
+ *   write survives independently, whole or torn at 512-byte sector boundaries (aligned to the
+ *   absolute offset): to a prefix, or, in half the crashes, to any subset of its sectors; and
+ *   survivors are applied in a random order; truncations are
  *   file metadata: a random prefix of them survives, and a surviving write issued before a
  *   surviving truncation is cut by it. The survival and tearing rates are drawn per crash, so
  *   some crashes keep almost everything and some almost nothing.
@@ -142,8 +143,11 @@ export class SimDisk {
     // Rates per crash (swarm style): some crashes keep almost everything, some almost nothing.
     const survivalProbability = this.kernel.nextFloat()
     const tornProbability = this.kernel.nextFloat()
+    // Half the crashes tear writes into scattered sectors (a device that reorders sectors of one
+    // write), the others into a prefix (the common case); both are allowed by DESIGN.md §5.
+    const scatteredTears = this.kernel.chance(0.5)
     for (const file of this.dirtyFiles) {
-      if (reachableFiles.has(file)) this.crashFile(file, survivalProbability, tornProbability)
+      if (reachableFiles.has(file)) this.crashFile(file, survivalProbability, tornProbability, scatteredTears)
     }
     this.dirtyFiles.clear()
     this.liveBytes = 0
@@ -673,7 +677,7 @@ export class SimDisk {
     return files
   }
 
-  private crashFile(file: FileNode, survivalProbability: number, tornProbability: number): void {
+  private crashFile(file: FileNode, survivalProbability: number, tornProbability: number, scatteredTears: boolean): void {
     const ops = file.pending
     let truncationCount = 0
     for (const op of ops) if (op.kind === "truncate") truncationCount++
@@ -705,10 +709,22 @@ export class SimDisk {
       let endBytes = op.offsetBytes + op.lengthBytes
       const firstSector = Math.floor(op.offsetBytes / SECTOR_SIZE_BYTES) + 1
       const lastSector = Math.ceil(endBytes / SECTOR_SIZE_BYTES) - 1
-      if (firstSector <= lastSector && this.kernel.chance(tornProbability)) {
-        endBytes = this.kernel.intBetween(firstSector, lastSector) * SECTOR_SIZE_BYTES
-        this.stats.tornWrites++
+      const torn = firstSector <= lastSector && this.kernel.chance(tornProbability)
+      if (torn) this.stats.tornWrites++
+      if (torn && scatteredTears) {
+        // Each sector-aligned piece of the write survives on its own.
+        const limitBytes = Math.min(endBytes, limitAfter[i]!)
+        for (let start = op.offsetBytes; start < limitBytes;) {
+          const pieceEnd = Math.min((Math.floor(start / SECTOR_SIZE_BYTES) + 1) * SECTOR_SIZE_BYTES, limitBytes)
+          if (this.kernel.chance(0.5)) {
+            const skip = start - op.offsetBytes
+            survivors.push({ offsetBytes: start, data: op.data?.subarray(skip), lengthBytes: pieceEnd - start })
+          }
+          start = pieceEnd
+        }
+        continue
       }
+      if (torn) endBytes = this.kernel.intBetween(firstSector, lastSector) * SECTOR_SIZE_BYTES
       endBytes = Math.min(endBytes, limitAfter[i]!)
       if (endBytes > op.offsetBytes) survivors.push({ offsetBytes: op.offsetBytes, data: op.data, lengthBytes: endBytes - op.offsetBytes })
     }
