@@ -121,7 +121,8 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
     writeLatencyUs: [5, 60],
     fsyncLatencyUs: [100, swarm.level("slow-fsync") === "frequent" ? 15_000 : 1_500],
     eioOnFsyncProbability: swarm.pick("fsync-eio", 0.002, 0.01),
-    eioOnWriteProbability: swarm.pick("write-eio", 0.001, 0.005)
+    eioOnWriteProbability: swarm.pick("write-eio", 0.001, 0.005),
+    enospcOnFsyncProbability: swarm.pick("fsync-enospc", 0.001, 0.005)
   }
   const flushEveryAppend = swarm.level("flush-every-append") !== "off"
   const switchProbability = swarm.pick("xlog-switch", 0.02, 0.1)
@@ -156,7 +157,7 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
   world.start(NODE)
   const tripsFault = world.run(FAULT_PHASE_US)
   world.faultsEnabled = false
-  world.disk(NODE).setFaults({ ...diskFaults, eioOnFsyncProbability: 0, eioOnWriteProbability: 0 })
+  world.disk(NODE).setFaults({ ...diskFaults, eioOnFsyncProbability: 0, eioOnWriteProbability: 0, enospcOnFsyncProbability: 0 })
   if (!world.isUp(NODE)) world.start(NODE)
   const flushBeforeLiveness = ledger.promisedFlushLsn
   const tripsLive = world.run(FAULT_PHASE_US + LIVENESS_PHASE_US)

@@ -94,7 +94,8 @@ function runAppendLog(name: string, bug: PlantedBug, seed: number, options: Scen
     writeLatencyUs: [5, 50],
     fsyncLatencyUs: [200, swarm.level("slow-fsync") === "frequent" ? 20_000 : 2_000],
     eioOnFsyncProbability: swarm.pick("fsync-eio", 0.002, 0.02),
-    eioOnWriteProbability: swarm.pick("write-eio", 0.001, 0.01)
+    eioOnWriteProbability: swarm.pick("write-eio", 0.001, 0.01),
+    enospcOnFsyncProbability: swarm.pick("fsync-enospc", 0.001, 0.005)
   }
   const chunkDelayMaxUs = swarm.pick("net-delay", 2_000, 30_000)
   const config = swarm.describe()
@@ -169,7 +170,7 @@ function runAppendLog(name: string, bug: PlantedBug, seed: number, options: Scen
   world.faultsEnabled = false
   world.net.healAll()
   for (const node of SERVERS) {
-    world.disk(node).setFaults({ ...diskFaults, eioOnFsyncProbability: 0, eioOnWriteProbability: 0 })
+    world.disk(node).setFaults({ ...diskFaults, eioOnFsyncProbability: 0, eioOnWriteProbability: 0, enospcOnFsyncProbability: 0 })
     ledger.ackedSince.set(node, 0)
     if (!world.isUp(node)) world.start(node)
   }

@@ -636,15 +636,18 @@ describe("SimDisk faults", () => {
     expect([...bench.disk.readFileNow("/f")!]).toEqual(expected)
   })
 
-  test("a failed fsync of a new file loses its data even before any crash", () => {
-    const bench = new Bench(5, { ...NO_DISK_FAULTS, eioOnFsyncProbability: 1 })
+  test.each([
+    ["EIO", { eioOnFsyncProbability: 1 }],
+    ["ENOSPC", { enospcOnFsyncProbability: 1 }]
+  ] as const)("a failed fsync (%s) of a new file loses its data even before any crash", (expected, faults) => {
+    const bench = new Bench(5, { ...NO_DISK_FAULTS, ...faults })
     const reason = bench.run(Effect.gen(function* () {
       const disk = yield* Disk
       const file = yield* disk.open("/f", { create: true })
       yield* file.write(0, bytes(100, 1))
       return yield* reasonOf(file.sync)
     }))
-    expect(reason).toBe("EIO")
+    expect(reason).toBe(expected)
     expect(bench.disk.readFileNow("/f")!.length).toBe(0)
   })
 

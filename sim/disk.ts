@@ -49,6 +49,8 @@ export interface DiskFaults {
   readonly eioOnWriteProbability: number
   readonly eioOnFsyncProbability: number
   readonly enospcOnWriteProbability: number
+  /** A file fsync failing ENOSPC (thin provisioning, NFS): like EIO, its unsynced pages are gone. */
+  readonly enospcOnFsyncProbability: number
   /** ENOSPC when the live bytes (current sizes of linked files) would exceed it. */
   readonly capacityBytes: number | undefined
 }
@@ -59,6 +61,7 @@ export const NO_DISK_FAULTS: DiskFaults = {
   eioOnWriteProbability: 0,
   eioOnFsyncProbability: 0,
   enospcOnWriteProbability: 0,
+  enospcOnFsyncProbability: 0,
   capacityBytes: undefined
 }
 
@@ -347,15 +350,17 @@ export class SimDisk {
       if (!this.admit(caller, operation, path)) return Effect.never
       if (isClosed()) return Effect.fail(new DiskError({ reason: "Closed", operation, path, message: "the handle is closed" }))
       const snapshot = this.sequence
-      const fails = this.kernel.chance(this.faultsNow.eioOnFsyncProbability)
+      const failure: DiskErrorReason | undefined = this.kernel.chance(this.faultsNow.eioOnFsyncProbability)
+        ? "EIO"
+        : this.kernel.chance(this.faultsNow.enospcOnFsyncProbability) ? "ENOSPC" : undefined
       const delayUs = this.draw(this.faultsNow.fsyncLatencyUs)
       this.log(caller, `disk ${operation} ${path}`)
       const finish = (): Effect.Effect<void, DiskError> => {
-        if (fails) {
+        if (failure !== undefined) {
           this.dropUnsynced(file, snapshot)
           this.stats.injectedErrors++
-          this.log(caller, `disk ${operation} ${path} EIO`)
-          return Effect.fail(new DiskError({ reason: "EIO", operation, path, message: "injected EIO; unsynced pages dropped" }))
+          this.log(caller, `disk ${operation} ${path} ${failure}`)
+          return Effect.fail(new DiskError({ reason: failure, operation, path, message: `injected ${failure}; unsynced pages dropped` }))
         }
         this.flushFile(file, snapshot)
         this.stats.fsyncs++
@@ -815,7 +820,7 @@ function assertByteCount(value: number, what: string): void {
 function checkFaults(faults: DiskFaults): void {
   assert(faults.writeLatencyUs[0] >= 0 && faults.writeLatencyUs[0] <= faults.writeLatencyUs[1], "write latency range")
   assert(faults.fsyncLatencyUs[0] >= 0 && faults.fsyncLatencyUs[0] <= faults.fsyncLatencyUs[1], "fsync latency range")
-  for (const probability of [faults.eioOnWriteProbability, faults.eioOnFsyncProbability, faults.enospcOnWriteProbability]) {
+  for (const probability of [faults.eioOnWriteProbability, faults.eioOnFsyncProbability, faults.enospcOnWriteProbability, faults.enospcOnFsyncProbability]) {
     assert(probability >= 0 && probability <= 1, "fault probabilities lie in [0, 1]")
   }
   assert(faults.capacityBytes === undefined || faults.capacityBytes >= 0, "capacity is not negative")
