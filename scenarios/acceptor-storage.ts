@@ -4,7 +4,7 @@ import { Disk } from "../core/io/disk.js"
 import { logInfo } from "../core/io/log.js"
 import { makeAcceptor, type Acceptor } from "../core/acceptor/acceptor.js"
 import { loadControlFile, persistControlFile } from "../core/acceptor/control-file.js"
-import { Generation, NodeId, type PersistedState, TenantId, Term, type TermHistory, TimelineId, UNIX_EPOCH } from "../core/acceptor/state.js"
+import { Generation, newTimelineState, NodeId, type PersistedState, TenantId, Term, type TermHistory, TimelineId } from "../core/acceptor/state.js"
 import { MAX_SEND_SIZE_BYTES, type AcceptorMessage, type AppendRequest } from "../core/protocol/consensus.js"
 import { WalGenerator } from "../core/wal/generator.js"
 import { Lsn } from "../core/wal/lsn.js"
@@ -17,6 +17,7 @@ import { EFFECT_VERSION } from "../sim/version.js"
 import type { Incarnation } from "../sim/kernel.js"
 import { World } from "../sim/world.js"
 import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
+import { concatBytes, firstByteDifference } from "../core/bytes.js"
 
 /**
  * The acceptor's durable core under crashes: one safekeeper (acceptor rules, control file,
@@ -52,23 +53,15 @@ const MCONF = {
   newMembers: undefined
 }
 
-const FRESH_STATE: PersistedState = {
+/** As START_WAL_PUSH creates it: term 0, nothing known about where it starts. */
+const FRESH_STATE: PersistedState = newTimelineState({
   tenantId: TENANT,
   timelineId: TIMELINE,
   mconf: MCONF,
-  acceptorState: { term: Term(0), termHistory: [] },
   server: { pgVersion: PG_VERSION_NUM, systemId: SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES },
-  proposerUuid: "0".repeat(32),
-  timelineStartLsn: Lsn(0),
-  localStartLsn: Lsn(0),
-  commitLsn: Lsn(0),
-  backupLsn: Lsn(0),
-  peerHorizonLsn: Lsn(0),
-  remoteConsistentLsn: Lsn(0),
-  partialBackup: { segments: [] },
-  evictionState: { _tag: "Present" },
-  creationTs: UNIX_EPOCH
-}
+  startLsn: Lsn(0),
+  commitLsn: Lsn(0)
+})
 
 /**
  * The proposer's memory, outside the simulated node (it survives the node's crashes): what was
@@ -276,7 +269,7 @@ const checkRecovery = Effect.fnUntraced(function* (
     const length = Math.min(flushLsn - lsn, SEGMENT_BYTES - (lsn % SEGMENT_BYTES), VERIFY_CHUNK_BYTES)
     const bytes = yield* read(Lsn(lsn), length)
     const expected = ledger.image.subarray(lsn - START, lsn - START + length)
-    const differs = firstDifference(bytes, expected)
+    const differs = firstByteDifference(bytes, expected)
     if (differs !== undefined) {
       violation(`recovered WAL differs from what was streamed at LSN ${lsn + differs}`)
       return
@@ -327,7 +320,7 @@ const propose = Effect.fnUntraced(function* (life: Incarnation, acceptor: Accept
       ledger.switches++
       pieces.push(record.bytes)
     }
-    const walData = concat(pieces)
+    const walData = concatBytes(pieces)
     if (!life.alive) return
     ledger.stream(beginLsn, walData)
     // As the walproposer: at most MAX_SEND_SIZE bytes of WAL per AppendRequest.
@@ -356,18 +349,3 @@ const propose = Effect.fnUntraced(function* (life: Incarnation, acceptor: Accept
   yield* Effect.never
 })
 
-function concat(parts: ReadonlyArray<Uint8Array>): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0))
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.byteLength
-  }
-  return out
-}
-
-function firstDifference(a: Uint8Array, b: Uint8Array): number | undefined {
-  if (a.byteLength !== b.byteLength) return Math.min(a.byteLength, b.byteLength)
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return i
-  return undefined
-}

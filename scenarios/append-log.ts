@@ -10,6 +10,7 @@ import { SwarmConfig } from "../sim/swarm.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import { World } from "../sim/world.js"
 import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
+import { concatBytes, equalBytes } from "../core/bytes.js"
 
 /**
  * The kernel's first honest workload, before the safekeeper scenarios replace it: a client
@@ -266,7 +267,7 @@ function serveConnection(connection: Connection, commits: Queue.Queue<Pending>) 
     for (;;) {
       const chunk = yield* connection.read
       if (chunk === undefined) return
-      buffered = concat(buffered, chunk)
+      buffered = concatBytes([buffered, chunk])
       const { frames, rest } = takeFrames(buffered)
       buffered = rest
       const pending: Pending[] = []
@@ -349,7 +350,7 @@ const sendBatch = Effect.fnUntraced(function* (server: string, connection: Conne
     for (let j = 0; j < size; j++) payload[j] = (fill + j * 31) & 0xff
     batch.push({ id: allocate(), payload })
   }
-  const frames = concatAll(batch.map(({ id, payload }) => {
+  const frames = concatBytes(batch.map(({ id, payload }) => {
     const frame = new Uint8Array(FRAME_HEADER_BYTES + payload.length)
     const view = new DataView(frame.buffer)
     view.setUint32(0, payload.length)
@@ -363,7 +364,7 @@ const sendBatch = Effect.fnUntraced(function* (server: string, connection: Conne
   while (acked < batch.length) {
     const chunk = yield* connection.read.pipe(Effect.timeout(Duration.micros(BigInt(ACK_TIMEOUT_US))))
     if (chunk === undefined) return yield* Effect.fail("eof" as const)
-    buffered = concat(buffered, chunk)
+    buffered = concatBytes([buffered, chunk])
     while (buffered.length >= 4 && acked < batch.length) {
       const id = new DataView(buffered.buffer, buffered.byteOffset).getUint32(0)
       buffered = buffered.subarray(4)
@@ -379,7 +380,7 @@ const sendBatch = Effect.fnUntraced(function* (server: string, connection: Conne
 // Formats.
 
 function encodeRecords(batch: ReadonlyArray<Pending>): Uint8Array {
-  return concatAll(batch.map(({ id, payload }) => {
+  return concatBytes(batch.map(({ id, payload }) => {
     const record = new Uint8Array(RECORD_HEADER_BYTES + payload.length)
     const view = new DataView(record.buffer)
     view.setUint32(0, payload.length, true)
@@ -420,26 +421,3 @@ function takeFrames(bytes: Uint8Array): { frames: Array<{ id: number; payload: U
   return { frames, rest: bytes.subarray(offset) }
 }
 
-function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
-  if (a.length === 0) return b
-  const out = new Uint8Array(a.length + b.length)
-  out.set(a, 0)
-  out.set(b, a.length)
-  return out
-}
-
-function concatAll(parts: ReadonlyArray<Uint8Array>): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.length
-  }
-  return out
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false
-  return true
-}

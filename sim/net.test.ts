@@ -13,6 +13,7 @@ import { Incarnation, Kernel } from "./kernel.js"
 import { ACCEPT_BACKLOG_MAX, DEFAULT_NET_FAULTS, type NetFaults, SEND_BUFFER_BYTES_MAX, SimNet } from "./net.js"
 import { forkInLife } from "./runtime.js"
 import { withTripwires } from "./tripwires.js"
+import { concatBytes } from "../core/bytes.js"
 
 const FAULTS: NetFaults = { chunkDelayUs: [100, 1000], breakProbabilityPerChunk: 0, connectTimeoutUs: 2_000_000, partitionBreakAfterUs: 5_000_000 }
 
@@ -39,22 +40,12 @@ function value<A, E>(fiber: Fiber.Fiber<A, E>): A {
   return exit.value
 }
 
-function concat(parts: ReadonlyArray<Uint8Array>): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0))
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.length
-  }
-  return out
-}
-
 const readAll = (connection: Connection): Effect.Effect<Uint8Array, NetError> =>
   Effect.gen(function* () {
     const parts: Uint8Array[] = []
     for (;;) {
       const bytes = yield* connection.read
-      if (bytes === undefined) return concat(parts)
+      if (bytes === undefined) return concatBytes(parts)
       parts.push(bytes)
     }
   })
@@ -102,7 +93,7 @@ describe("SimNet streams", () => {
         }))
         // Regenerate what was written (the buffers were overwritten on purpose).
         const again = seedrandom(`${seed}`)
-        const original = concat(sizes.map((size) => randomBytes(again, size)))
+        const original = concatBytes(sizes.map((size) => randomBytes(again, size)))
         kernel.run()
         value(sent)
         expect(Buffer.from(value(received)).equals(Buffer.from(original))).toBe(true)
@@ -138,7 +129,7 @@ describe("SimNet streams", () => {
     const { smallDoneUs, bigDoneUs } = value(times)
     expect(smallDoneUs).toBeLessThan(10_000) // fits in the buffer: no wait
     expect(bigDoneUs).toBeGreaterThanOrEqual(readerStartUs)
-    expect(Buffer.from(value(received)).equals(Buffer.from(concat([small, big])))).toBe(true)
+    expect(Buffer.from(value(received)).equals(Buffer.from(concatBytes([small, big])))).toBe(true)
     expect(SEND_BUFFER_BYTES_MAX).toBeLessThan(small.length + big.length)
   })
 

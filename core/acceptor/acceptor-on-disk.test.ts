@@ -17,7 +17,8 @@ import { openSegmentStore } from "../wal/segment-store.js"
 import { messageFor, TEST_SYSTEM_ID } from "../wal/wal-testing.js"
 import { makeAcceptor } from "./acceptor.js"
 import { loadControlFile, persistControlFile } from "./control-file.js"
-import { Generation, NodeId, type PersistedState, TenantId, Term, TimelineId, UNIX_EPOCH } from "./state.js"
+import { Generation, newTimelineState, NodeId, type PersistedState, TenantId, Term, TimelineId } from "./state.js"
+import { concatBytes, equalBytes } from "../bytes.js"
 
 const SEGMENT_BYTES = 1024 * 1024
 const PG_VERSION_NUM = 150004
@@ -31,23 +32,14 @@ const APPENDS = 14
 
 const mconf = { generation: Generation(1), members: [1, 2, 3].map((id) => ({ id: NodeId(id), host: `sk${id}`, pgPort: 5454 })), newMembers: undefined }
 
-const freshState: PersistedState = {
+const freshState: PersistedState = newTimelineState({
   tenantId: TENANT,
   timelineId: TIMELINE,
   mconf,
-  acceptorState: { term: Term(0), termHistory: [] },
   server: { pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES },
-  proposerUuid: "0".repeat(32),
-  timelineStartLsn: Lsn(0),
-  localStartLsn: Lsn(0),
-  commitLsn: Lsn(0),
-  backupLsn: Lsn(0),
-  peerHorizonLsn: Lsn(0),
-  remoteConsistentLsn: Lsn(0),
-  partialBackup: { segments: [] },
-  evictionState: { _tag: "Present" },
-  creationTs: UNIX_EPOCH
-}
+  startLsn: Lsn(0),
+  commitLsn: Lsn(0)
+})
 
 /** What the acceptor's replies promised, as they arrived (the proposer's view). */
 interface Promised {
@@ -73,9 +65,9 @@ function walFor(seed: number): StreamedWal {
       recordStartByEnd.set(record.nextLsn, record.startLsn)
       return record.bytes
     })
-    batches.push(concat(pieces))
+    batches.push(concatBytes(pieces))
   }
-  return { batches, image: concat(batches), recordStartByEnd }
+  return { batches, image: concatBytes(batches), recordStartByEnd }
 }
 
 /** One more record, continuing the WAL at a record boundary `endLsn` (as a new proposer would). */
@@ -195,22 +187,6 @@ function noteFlush(reply: AcceptorMessage | undefined, promised: Promised): void
   if (reply?._tag === "AppendResponse") promised.flushLsn = Math.max(promised.flushLsn, reply.flushLsn)
 }
 
-function concat(parts: ReadonlyArray<Uint8Array>): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.byteLength, 0))
-  let offset = 0
-  for (const part of parts) {
-    out.set(part, offset)
-    offset += part.byteLength
-  }
-  return out
-}
-
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.byteLength !== b.byteLength) return false
-  for (let i = 0; i < a.byteLength; i++) if (a[i] !== b[i]) return false
-  return true
-}
-
 describe("acceptor on the segment store: XLOG_SWITCH", () => {
   // Found in review: the walproposer sends at most 128 KiB per message while a switch pads up
   // to a whole segment, so an append can end inside the padding. flush_record_lsn then stays at
@@ -243,7 +219,7 @@ describe("acceptor on the segment store: XLOG_SWITCH", () => {
       // A proposer at term 2 resends from the boundary; the rest arrives, the next segment too.
       const history = [{ term: Term(1), lsn: START }, { term: Term(2), lsn: switchRecord.startLsn }]
       yield* acceptor.handle({ _tag: "ProposerElected", generation: Generation(1), term: Term(2), startStreamingAt: switchRecord.startLsn, termHistory: history })
-      const rest = yield* acceptor.handle(appendOf(2, switchRecord.fromLsn, concat([switchRecord.bytes, after.bytes]), first.nextLsn))
+      const rest = yield* acceptor.handle(appendOf(2, switchRecord.fromLsn, concatBytes([switchRecord.bytes, after.bytes]), first.nextLsn))
       expect(rest?._tag === "AppendResponse" && rest.flushLsn).toBe(after.nextLsn)
       const flushed = yield* acceptor.flush
       expect(flushed.flushLsn).toBe(after.nextLsn)

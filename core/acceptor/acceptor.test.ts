@@ -33,13 +33,13 @@ import { MemoryWalStorage } from "./memory-wal-storage.js"
 import {
   Generation,
   type MemberConfiguration,
+  newTimelineState,
   NodeId,
   type PersistedState,
   TenantId,
   Term,
   type TermHistory,
-  TimelineId,
-  UNIX_EPOCH
+  TimelineId
 } from "./state.js"
 
 const SEGMENT_BYTES = 1024 * 1024
@@ -59,21 +59,14 @@ const mconf = (generation: number, ...ids: number[]): MemberConfiguration => ({
 
 /** A timeline as START_WAL_PUSH creates it: term 0, nothing known about its start. */
 const freshState = (overrides: Partial<PersistedState> = {}): PersistedState => ({
-  tenantId: TENANT,
-  timelineId: TIMELINE,
-  mconf: mconf(1, 1, 2, 3),
-  acceptorState: { term: Term(0), termHistory: [] },
-  server: { pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES },
-  proposerUuid: "0".repeat(32),
-  timelineStartLsn: Lsn(0),
-  localStartLsn: Lsn(0),
-  commitLsn: Lsn(0),
-  backupLsn: Lsn(0),
-  peerHorizonLsn: Lsn(0),
-  remoteConsistentLsn: Lsn(0),
-  partialBackup: { segments: [] },
-  evictionState: { _tag: "Present" },
-  creationTs: UNIX_EPOCH,
+  ...newTimelineState({
+    tenantId: TENANT,
+    timelineId: TIMELINE,
+    mconf: mconf(1, 1, 2, 3),
+    server: { pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES },
+    startLsn: Lsn(0),
+    commitLsn: Lsn(0)
+  }),
   ...overrides
 })
 

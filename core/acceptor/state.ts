@@ -1,6 +1,6 @@
 import { Brand, Result, Schema } from "effect"
-import { U53_MAX } from "../assert.js"
-import type { Lsn } from "../wal/lsn.js"
+import { assert, U53_MAX } from "../assert.js"
+import { INVALID_LSN, type Lsn } from "../wal/lsn.js"
 
 /**
  * The acceptor's persistent timeline state (Neon's `TimelinePersistentState`, reference §4 and
@@ -170,6 +170,44 @@ export interface PersistedState {
   readonly partialBackup: { readonly segments: ReadonlyArray<PartialRemoteSegment> }
   readonly evictionState: EvictionState
   readonly creationTs: SystemTime
+}
+
+/**
+ * The state of a newly created timeline (reference §4, "Creation"): term 0, a history of
+ * (0, start) only when something is already committed, every start position at `startLsn`,
+ * nothing offloaded. START_WAL_PUSH's implicit creation passes start = commit = 0 and an empty
+ * configuration.
+ */
+export function newTimelineState(options: {
+  readonly tenantId: TenantId
+  readonly timelineId: TimelineId
+  readonly mconf: MemberConfiguration
+  readonly server: ServerInfo
+  readonly startLsn: Lsn
+  readonly commitLsn: Lsn
+  readonly creationTs?: SystemTime
+}): PersistedState {
+  const { startLsn, commitLsn } = options
+  assert(options.server.walSegSizeBytes !== 0, "a timeline is created with a WAL segment size")
+  assert(options.server.pgVersion !== UNKNOWN_PG_VERSION, "a timeline is created with a PostgreSQL version")
+  assert(commitLsn >= startLsn, "a timeline is created with commit_lsn at or above its start")
+  return {
+    tenantId: options.tenantId,
+    timelineId: options.timelineId,
+    mconf: options.mconf,
+    acceptorState: { term: INITIAL_TERM, termHistory: commitLsn === 0 ? [] : [{ term: INITIAL_TERM, lsn: startLsn }] },
+    server: options.server,
+    proposerUuid: "0".repeat(ID_HEX_LENGTH),
+    timelineStartLsn: startLsn,
+    localStartLsn: startLsn,
+    commitLsn,
+    backupLsn: startLsn,
+    peerHorizonLsn: startLsn,
+    remoteConsistentLsn: INVALID_LSN,
+    partialBackup: { segments: [] },
+    evictionState: { _tag: "Present" },
+    creationTs: options.creationTs ?? UNIX_EPOCH
+  }
 }
 
 /**

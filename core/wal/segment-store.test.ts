@@ -22,6 +22,7 @@ import { Lsn, segmentFileName, XLOG_BLCKSZ_BYTES } from "./lsn.js"
 import { decodePageHeader, SIZE_OF_XLOG_LONG_PHD_BYTES } from "./page.js"
 import { maxAlign } from "./record.js"
 import { openSegmentStore, PARTIAL_SUFFIX, planTruncation, indexSegmentFiles, type SegmentStore, type SegmentStoreOptions } from "./segment-store.js"
+import { concatBytes } from "../bytes.js"
 
 const SEGMENT_BYTES = 1024 * 1024
 const SYSTEM_ID = 7_394_000_111n
@@ -92,16 +93,6 @@ function message(generator: WalGenerator, sizeBytes: number, tag: string): Gener
   return generator.appendLogicalMessage(tag, payload)
 }
 
-function concat(parts: ReadonlyArray<Uint8Array>): Uint8Array {
-  const out = new Uint8Array(parts.reduce((sum, part) => sum + part.length, 0))
-  let at = 0
-  for (const part of parts) {
-    out.set(part, at)
-    at += part.length
-  }
-  return out
-}
-
 const options = (bench: Bench, commitLsn: number, extra: Partial<SegmentStoreOptions> = {}): SegmentStoreOptions => ({
   directory: bench.directory,
   segmentSizeBytes: SEGMENT_BYTES,
@@ -143,7 +134,7 @@ const readRange = (store: SegmentStore, from: number, to: number) =>
       parts.push(chunk)
       at += chunk.length
     }
-    return concat(parts)
+    return concatBytes(parts)
   })
 
 /** Writes records through `writeSize`-byte writes that ignore record boundaries. */
@@ -163,7 +154,7 @@ const positionsOf = (store: SegmentStore) => {
 function bulk(totalBytes: number, tag = "bulk", generator = generatorAt(START)) {
   const records: GeneratedRecord[] = []
   while (generator.insertLsn - START < totalBytes) records.push(message(generator, 50_000 + records.length * 13, tag))
-  return { records, bytes: concat(records.map((r) => r.bytes)), generator }
+  return { records, bytes: concatBytes(records.map((r) => r.bytes)), generator }
 }
 
 /** Byte equality without vitest's element-by-element diff (slow on megabytes). */
@@ -220,7 +211,7 @@ describe.each(["live", "sim"] as const)("segment store on the %s disk", (world) 
       yield* store.write(next.fromLsn, next.bytes)
       yield* store.flush
       expect(store.positions().flushRecordLsn).toBe(next.nextLsn)
-      const all = concat([small.bytes, large.bytes, next.bytes])
+      const all = concatBytes([small.bytes, large.bytes, next.bytes])
       expectSameBytes(yield* readRange(store, START, next.nextLsn), all)
       yield* store.close
       expect(yield* failureOf(store.flush)).toBe("Stopped")
@@ -288,14 +279,14 @@ describe.each(["live", "sim"] as const)("segment store on the %s disk", (world) 
       // New WAL from the cut on, chained to the record before it.
       const generator = generatorAt(cut.nextLsn, cut.startLsn)
       const fresh = [message(generator, 400_000, "new"), message(generator, 700_000, "new")]
-      const freshBytes = concat(fresh.map((r) => r.bytes))
+      const freshBytes = concatBytes(fresh.map((r) => r.bytes))
       yield* writeChunked(store, cut.nextLsn, freshBytes, 300_000)
       yield* store.flush
       yield* store.close
       const reopened = yield* openSegmentStore(options(bench, records[3]!.nextLsn))
       const end = fresh.at(-1)!.nextLsn
       expect(positionsOf(reopened)).toEqual([end, end, end, end])
-      expectSameBytes(yield* readRange(reopened, START, end), concat([bytes.subarray(0, cut.nextLsn - START), freshBytes]))
+      expectSameBytes(yield* readRange(reopened, START, end), concatBytes([bytes.subarray(0, cut.nextLsn - START), freshBytes]))
 
       // A truncate after a reload keeps what is there and allows writes again.
       yield* reopened.truncate(end)
@@ -358,7 +349,7 @@ describe.each(["live", "sim"] as const)("segment store on the %s disk", (world) 
       yield* store.truncate(start)
       const generator = generatorAt(start)
       const records = [message(generator, 100, "p"), message(generator, 9000, "q")]
-      yield* store.write(start, concat(records.map((r) => r.bytes)))
+      yield* store.write(start, concatBytes(records.map((r) => r.bytes)))
       yield* store.flush
       // The long header is there, and a reader starting at the page of `start` lands on it.
       const segmentStart = 5 * SEGMENT_BYTES
@@ -529,7 +520,7 @@ describe("segment store faults (simulated disk)", () => {
     const second = message(generator, 2000, "b")
     await bench.run(Effect.gen(function* () {
       const store = yield* freshStore(bench)
-      yield* store.write(START, concat([first.bytes, second.bytes]))
+      yield* store.write(START, concatBytes([first.bytes, second.bytes]))
       faults.eioOnWriteProbability = 1 // the ftruncate of the tail fails
       expect(yield* failureOf(store.truncate(first.nextLsn))).toBe("Disk:EIO")
       faults.eioOnWriteProbability = 0
