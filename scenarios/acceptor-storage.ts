@@ -16,7 +16,7 @@ import { SwarmConfig } from "../sim/swarm.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import type { Incarnation } from "../sim/kernel.js"
 import { World } from "../sim/world.js"
-import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
+import { resultOf, type Scenario, type ScenarioResult, type ScenarioRunOptions } from "./scenario.js"
 import { concatBytes, firstByteDifference } from "../core/bytes.js"
 
 /**
@@ -168,39 +168,20 @@ function runAcceptorStorage(name: string, noSync: boolean, seed: number, options
   if (ledger.promisedFlushLsn > START + SEGMENT_BYTES) marks.add("segment-rollover")
   if (ledger.switches > 0) marks.add("xlog-switch")
 
-  const nondeterminism = [...tripsFault, ...tripsLive, ...tripsEnd]
-  const stats = world.disk(NODE).stats
-  return {
+  return resultOf(world, {
     scenario: name,
-    seed,
-    ok: world.violations.length === 0 && nondeterminism.length === 0,
-    traceHash: kernel.trace.hash(),
-    events: kernel.trace.lineCount,
-    simulatedMs: Math.floor(kernel.nowUs / 1000),
-    violations: world.violations,
-    nondeterminism,
     config,
+    nondeterminism: [...tripsFault, ...tripsLive, ...tripsEnd],
+    marks,
     work: {
       appends: ledger.appends,
       bytesStreamed: ledger.bytesStreamed,
       flushLsnReached: ledger.promisedFlushLsn - START,
       elections: ledger.elections,
       switches: ledger.switches,
-      recoveries: ledger.recoveries,
-      fsyncs: stats.fsyncs,
-      tornWrites: stats.tornWrites,
-      droppedWrites: stats.droppedWrites,
-      undoneMetadata: stats.undoneMetadata,
-      injectedDiskErrors: stats.injectedErrors,
-      crashes: world.stats.crashes,
-      operationCrashes: world.stats.operationCrashes,
-      exits: world.stats.exits,
-      schedulerSteps: kernel.stats.tasks,
-      timersFired: kernel.stats.timersFired
-    },
-    marks: [...marks].sort(),
-    traceLines: kernel.trace.lines
-  }
+      recoveries: ledger.recoveries
+    }
+  })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import { DEFAULT_NET_FAULTS } from "../sim/net.js"
 import { SwarmConfig } from "../sim/swarm.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import { World } from "../sim/world.js"
-import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
+import { resultOf, type Scenario, type ScenarioResult, type ScenarioRunOptions } from "./scenario.js"
 import { concatBytes, equalBytes } from "../core/bytes.js"
 
 /**
@@ -185,37 +185,15 @@ function runAppendLog(name: string, bug: PlantedBug, seed: number, options: Scen
   world.dispose()
 
   const nondeterminism = [...tripsFault, ...tripsLive]
-  const diskStats = SERVERS.map((node) => world.disk(node).stats)
-  const sum = (pick: (s: (typeof diskStats)[number]) => number) => diskStats.reduce((total, s) => total + pick(s), 0)
-  if (sum((s) => s.injectedErrors) > 0 && world.stats.exits > 0) marks.add("fsync-error-fail-stop")
-  return {
+  const injectedDiskErrors = SERVERS.reduce((total, node) => total + world.disk(node).stats.injectedErrors, 0)
+  if (injectedDiskErrors > 0 && world.stats.exits > 0) marks.add("fsync-error-fail-stop")
+  return resultOf(world, {
     scenario: name,
-    seed,
-    ok: world.violations.length === 0 && nondeterminism.length === 0,
-    traceHash: kernel.trace.hash(),
-    events: kernel.trace.lineCount,
-    simulatedMs: Math.floor(kernel.nowUs / 1000),
-    violations: world.violations,
-    nondeterminism,
     config,
-    work: {
-      recordsAcked: ledger.recordsAcked,
-      bytesAcked: ledger.bytesAcked,
-      fsyncs: sum((s) => s.fsyncs),
-      bytesWritten: sum((s) => s.bytesWritten),
-      tornWrites: sum((s) => s.tornWrites),
-      droppedWrites: sum((s) => s.droppedWrites),
-      injectedDiskErrors: sum((s) => s.injectedErrors),
-      crashes: world.stats.crashes,
-      operationCrashes: world.stats.operationCrashes,
-      exits: world.stats.exits,
-      connections: world.net.stats.connections,
-      schedulerSteps: kernel.stats.tasks,
-      timersFired: kernel.stats.timersFired
-    },
-    marks: [...marks].sort(),
-    traceLines: kernel.trace.lines
-  }
+    nondeterminism,
+    marks,
+    work: { recordsAcked: ledger.recordsAcked, bytesAcked: ledger.bytesAcked }
+  })
 }
 
 // ---------------------------------------------------------------------------------------------

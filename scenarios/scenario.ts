@@ -1,5 +1,5 @@
 import type { TripwireHit } from "../sim/tripwires.js"
-import type { Violation } from "../sim/world.js"
+import type { Violation, World } from "../sim/world.js"
 
 /** What one seeded run of a scenario reports (the CLI prints it; sweeps aggregate it). */
 export interface ScenarioResult {
@@ -32,4 +32,49 @@ export interface Scenario {
   /** Coverage marks a healthy sweep is expected to reach. */
   readonly expectedMarks: ReadonlyArray<string>
   run(seed: number, options: ScenarioRunOptions): ScenarioResult
+}
+
+/**
+ * Assembles a run's result from its world: outcome, trace hash and size, and the work every
+ * world does (disk totals over all nodes, crashes, exits, scheduler steps) after the
+ * scenario's own figures.
+ */
+export function resultOf(world: World, run: {
+  readonly scenario: string
+  readonly config: string
+  readonly nondeterminism: ReadonlyArray<TripwireHit>
+  readonly marks: ReadonlySet<string>
+  readonly work: Readonly<Record<string, number>>
+}): ScenarioResult {
+  const { kernel } = world
+  const disks = [...world.disks.values()].map((disk) => disk.stats)
+  const sum = (pick: (stats: (typeof disks)[number]) => number) => disks.reduce((total, stats) => total + pick(stats), 0)
+  return {
+    scenario: run.scenario,
+    seed: kernel.seed,
+    ok: world.violations.length === 0 && run.nondeterminism.length === 0,
+    traceHash: kernel.trace.hash(),
+    events: kernel.trace.lineCount,
+    simulatedMs: Math.floor(kernel.nowUs / 1000),
+    violations: world.violations,
+    nondeterminism: run.nondeterminism,
+    config: run.config,
+    work: {
+      ...run.work,
+      fsyncs: sum((s) => s.fsyncs),
+      bytesWritten: sum((s) => s.bytesWritten),
+      tornWrites: sum((s) => s.tornWrites),
+      droppedWrites: sum((s) => s.droppedWrites),
+      undoneMetadata: sum((s) => s.undoneMetadata),
+      injectedDiskErrors: sum((s) => s.injectedErrors),
+      crashes: world.stats.crashes,
+      operationCrashes: world.stats.operationCrashes,
+      exits: world.stats.exits,
+      connections: world.net.stats.connections,
+      schedulerSteps: kernel.stats.tasks,
+      timersFired: kernel.stats.timersFired
+    },
+    marks: [...run.marks].sort(),
+    traceLines: kernel.trace.lines
+  }
 }
