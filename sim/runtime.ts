@@ -69,8 +69,10 @@ export function simLog(kernel: Kernel, life: Incarnation, minimumLevel: LogLevel
 
 /**
  * Starts `effect` as the root fiber of one node life: virtual clock (with the life's skew),
- * a Random seeded from (seed, node, life), and the life's scheduler. Nothing runs until the
- * kernel runs.
+ * a Random seeded from (seed, node, life), and the life's scheduler. Nothing of `effect` runs
+ * until the kernel runs: Effect.runFork evaluates a fiber's first steps inline, so the program
+ * starts behind a yield, which puts its first step on the kernel's ready queue (inside the
+ * run's trip-wires, and dropped if the life dies first).
  */
 export function forkInLife<A, E>(
   kernel: Kernel,
@@ -78,7 +80,7 @@ export function forkInLife<A, E>(
   effect: Effect.Effect<A, E>,
   options: { readonly skewUs?: number } = {}
 ): Fiber.Fiber<A, E> {
-  const program = effect.pipe(
+  const program = Effect.andThen(Effect.yieldNow, effect).pipe(
     Effect.provideService(Clock.Clock, new SimClock(kernel, life, options.skewUs ?? 0)),
     Random.withSeed(`${kernel.seed}/${life.node}/${life.life}`)
   )

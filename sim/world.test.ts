@@ -129,6 +129,14 @@ describe("world", () => {
     expect(() => world.wipe("b")).toThrow(/running/)
   })
 
+  test("a node that touches the clock in its very first step is caught too", () => {
+    const world = makeWorld(5, (node, life) =>
+      node === "a" && life.life === 1 ? Effect.andThen(Effect.sync(() => void Date.now()), Effect.never) : Effect.never)
+    world.start("a") // outside the run: the program's first step must wait for the kernel
+    const hits = world.run(1_000)
+    expect(hits.map((h) => h.what)).toContain("Date.now")
+  })
+
   test("a defect in a node is a violation", () => {
     const world = makeWorld(5, () => Effect.die(new Error("boom")))
     world.start("a")
