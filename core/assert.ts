@@ -2,8 +2,10 @@ import { Schema } from "effect"
 
 /**
  * A broken invariant: a programmer error, never a reaction to bad input. Thrown inside an
- * Effect it becomes a defect that no `catchTag` swallows; only a node's root inspects it
- * (the simulator fails the run, the live process logs it and exits non-zero).
+ * Effect it becomes a defect that no `catchTag` swallows. The component that owns the broken
+ * state fences itself (the acceptor stops its timeline: later requests fail Stopped); the
+ * simulator fails the run; a live server confines it to that timeline and logs it, and the
+ * process goes on.
  */
 export class InvariantViolation extends Schema.TaggedError<InvariantViolation>()("InvariantViolation", {
   message: Schema.String

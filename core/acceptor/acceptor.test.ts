@@ -368,6 +368,11 @@ describe("vote and election", () => {
       expect(exit.cause.reasons.some(Cause.isFailReason)).toBe(false)
     }
     expect(node.wal.positions().flushRecordLsn).toBe(ends[4])
+    // The timeline is fenced: nothing more is accepted on a state known to be wrong.
+    expect(node.acceptor.stoppedReason()).toMatch(/invariant violated: attempt to truncate committed data/)
+    const after = node.bench.error(node.acceptor.handle(vote(3)))
+    expect(after).toBeInstanceOf(AcceptorError)
+    expect((after as AcceptorError).reason).toBe("Stopped")
   })
 })
 

@@ -1,5 +1,5 @@
 import { Effect, Result, Schema, Semaphore } from "effect"
-import { assert, assertNever } from "../assert.js"
+import { assert, assertNever, InvariantViolation } from "../assert.js"
 import type { Disk, DiskError } from "../io/disk.js"
 import {
   type AcceptorGreeting,
@@ -520,10 +520,21 @@ export const makeAcceptor = Effect.fn("Acceptor.make")(function* (options: Accep
       return decision.reply
     })
 
-  /** One request at a time, and none once stopped. */
+  /**
+   * One request at a time, and none once stopped. A broken invariant stays a defect for the
+   * caller (a bug, never handled as input) and also fences this timeline: every later request
+   * fails with Stopped, so nothing more is written on a state known to be wrong, while the
+   * process and its other timelines go on.
+   */
   const exclusive = <A, E>(effect: Effect.Effect<A, E, Disk>): Effect.Effect<A, E | AcceptorError, Disk> =>
     lock.withPermit(Effect.suspend((): Effect.Effect<A, E | AcceptorError, Disk> =>
-      stoppedReason === undefined ? effect : Effect.fail(new AcceptorError({ reason: "Stopped", message: `acceptor stopped after: ${stoppedReason}` }))
+      stoppedReason === undefined
+        ? effect.pipe(Effect.tapDefect((defect) =>
+          Effect.sync(() => {
+            stoppedReason = defect instanceof InvariantViolation ? `invariant violated: ${defect.message}` : `defect: ${String(defect)}`
+          })
+        ))
+        : Effect.fail(new AcceptorError({ reason: "Stopped", message: `acceptor stopped after: ${stoppedReason}` }))
     ))
 
   const append = (request: AppendRequest, requireFlush: boolean) =>
