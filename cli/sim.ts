@@ -6,6 +6,8 @@ import { fileURLToPath } from "node:url"
 import { type Command, InvalidArgumentError } from "commander"
 import { DEFAULT_SWEEP_SCENARIOS, SCENARIOS, findScenario } from "../scenarios/registry.js"
 import type { Scenario, ScenarioResult } from "../scenarios/scenario.js"
+import { distinctHits, runHtml, runJson, runText } from "../reports/run-report.js"
+import { type SweepFailure, type SweepSummary, sweepHtml, sweepText } from "../reports/sweep-report.js"
 import { firstDifference } from "../sim/trace.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import { parsePositiveInteger, parseSeed, parseShard } from "./options.js"
@@ -37,11 +39,14 @@ export function registerSimCommands(program: Command): void {
     .requiredOption("--seed <n>", "seed, an integer in [0, 2^53-1]", parseSeed)
     .option("--json", "print one JSON object")
     .option("--trace <file>", "write the trace lines to FILE")
-    .action((options: { scenario: Scenario; seed: number; json?: boolean; trace?: string }) => {
-      const result = options.scenario.run(options.seed, { recordTrace: options.trace !== undefined || options.json === true })
+    .option("--report <file>", "write an HTML report (with the whole trace) to FILE")
+    .action((options: { scenario: Scenario; seed: number; json?: boolean; trace?: string; report?: string }) => {
+      const recordTrace = options.trace !== undefined || options.report !== undefined || options.json === true
+      const result = options.scenario.run(options.seed, { recordTrace })
       if (options.trace !== undefined) writeFileSync(options.trace, result.traceLines.join("\n") + "\n")
-      if (options.json === true) console.log(JSON.stringify(resultJson(result)))
-      else printResult(result)
+      if (options.report !== undefined) writeFileSync(options.report, runHtml(result, runContext(result)))
+      if (options.json === true) console.log(JSON.stringify(runJson(result, runContext(result))))
+      else console.log(runText(result, runContext(result)))
       process.exitCode = exitCodeOf(result)
     })
 
@@ -52,7 +57,7 @@ export function registerSimCommands(program: Command): void {
     .action((seed: number, options: { scenario: Scenario }) => {
       const result = options.scenario.run(seed, { recordTrace: true })
       for (const line of result.traceLines) console.log(line)
-      printResult(result)
+      console.log(runText(result, runContext(result)))
       process.exitCode = exitCodeOf(result)
     })
 
@@ -64,6 +69,7 @@ export function registerSimCommands(program: Command): void {
     .option("--shard <i/n>", "run only seeds with (seed mod n) == i", parseShard)
     .option("--recheck-every <k>", "re-run every k-th seed in a child process", parsePositiveInteger, RECHECK_EVERY_DEFAULT)
     .option("--json", "print one JSON summary")
+    .option("--report <file>", "write an HTML report to FILE")
     .action((options: SweepOptions) => {
       if (options.start + options.seeds - 1 > Number.MAX_SAFE_INTEGER) {
         throw new InvalidArgumentError(`--start ${options.start} --seeds ${options.seeds} runs past the largest seed, 2^53-1`)
@@ -92,14 +98,7 @@ interface SweepOptions {
   shard?: { index: number; count: number }
   recheckEvery: number
   json?: boolean
-}
-
-interface SweepFailure {
-  readonly scenario: string
-  readonly seed: number
-  readonly kind: "violation" | "nondeterminism"
-  readonly detail: string
-  readonly repro: string
+  report?: string
 }
 
 function sweep(options: SweepOptions): number {
@@ -108,6 +107,7 @@ function sweep(options: SweepOptions): number {
   const marks = new Map<string, number>()
   const work: Record<string, number> = {}
   let runs = 0
+  let firstFailureAfterSeeds: number | undefined
   let simulatedMs = 0
   let rechecked = 0
   const startedMs = Date.now()
@@ -124,7 +124,10 @@ function sweep(options: SweepOptions): number {
       simulatedMs += result.simulatedMs
       for (const [key, value] of Object.entries(result.work)) work[key] = (work[key] ?? 0) + value
       for (const mark of result.marks) marks.set(mark, (marks.get(mark) ?? 0) + 1)
-      if (!result.ok) failures.push(failureOf(result))
+      if (!result.ok) {
+        failures.push(failureOf(result))
+        firstFailureAfterSeeds ??= runs
+      }
       if (!result.ok || sampled) recheck.push({ seed, traceHash: result.traceHash })
     }
     rechecked += recheck.length
@@ -133,12 +136,13 @@ function sweep(options: SweepOptions): number {
   const elapsedMs = Date.now() - startedMs
   const expected = new Set(scenarios.flatMap((s) => s.expectedMarks))
   const missedMarks = [...expected].filter((mark) => !marks.has(mark)).sort()
-  const summary = {
+  const summary: SweepSummary = {
     scenarios: scenarios.map((s) => s.name),
     seeds: options.seeds,
     start: options.start,
     runs,
     failures,
+    firstFailureAfterSeeds,
     rechecked,
     simulatedMs,
     elapsedMs,
@@ -148,15 +152,8 @@ function sweep(options: SweepOptions): number {
     effect: EFFECT_VERSION,
     commit: gitCommit()
   }
-  if (options.json === true) {
-    console.log(JSON.stringify(summary))
-  } else {
-    console.log(`sweep: ${runs} runs of ${summary.scenarios.join(", ")} from seed ${options.start}, ${failures.length} failed, ` +
-      `${rechecked} re-checked in a child process, ${(simulatedMs / 1000).toFixed(1)} s simulated in ${(elapsedMs / 1000).toFixed(1)} s`)
-    console.log(`work: ${Object.entries(work).map(([k, v]) => `${k}=${v}`).join(" ")}`)
-    console.log(`marks: ${[...marks].map(([k, v]) => `${k}=${v}`).join(" ")}${missedMarks.length > 0 ? ` (never hit: ${missedMarks.join(", ")})` : ""}`)
-    for (const failure of failures) console.log(`FAIL ${failure.kind}: ${failure.detail}\n  ${failure.repro}`)
-  }
+  if (options.report !== undefined) writeFileSync(options.report, sweepHtml(summary))
+  console.log(options.json === true ? JSON.stringify(summary) : sweepText(summary))
   if (failures.some((f) => f.kind === "nondeterminism")) return EXIT_NONDETERMINISM
   return failures.length > 0 ? EXIT_VIOLATION : EXIT_OK
 }
@@ -219,49 +216,13 @@ function failureOf(result: ScenarioResult): SweepFailure {
   return { scenario: result.scenario, seed: result.seed, kind: nondeterministic ? "nondeterminism" : "violation", detail, repro: reproLine(result.scenario, result.seed) }
 }
 
-function distinctHits(result: ScenarioResult): ReadonlyArray<{ what: string; site: string }> {
-  const seen = new Set<string>()
-  return result.nondeterminism.filter((h) => {
-    const key = `${h.what} ${h.site}`
-    if (seen.has(key)) return false
-    seen.add(key)
-    return true
-  })
-}
-
 export function exitCodeOf(result: ScenarioResult): number {
   if (result.nondeterminism.length > 0) return EXIT_NONDETERMINISM
   return result.violations.length > 0 ? EXIT_VIOLATION : EXIT_OK
 }
 
-function resultJson(result: ScenarioResult) {
-  return {
-    scenario: result.scenario,
-    seed: result.seed,
-    ok: result.ok,
-    traceHash: result.traceHash,
-    events: result.events,
-    simulatedMs: result.simulatedMs,
-    violations: result.violations,
-    nondeterminism: result.nondeterminism,
-    config: result.config,
-    work: result.work,
-    marks: result.marks,
-    effect: EFFECT_VERSION,
-    commit: gitCommit(),
-    repro: reproLine(result.scenario, result.seed)
-  }
-}
-
-function printResult(result: ScenarioResult): void {
-  console.log(`${result.ok ? "PASS" : "FAIL"} ${result.scenario} seed ${result.seed}: ${result.events} events, ${result.simulatedMs} ms simulated`)
-  console.log(`config: ${result.config}`)
-  console.log(`work: ${Object.entries(result.work).map(([k, v]) => `${k}=${v}`).join(" ")}`)
-  if (result.marks.length > 0) console.log(`marks: ${result.marks.join(" ")}`)
-  for (const v of result.violations) console.log(`VIOLATION ${v.who} at ${v.atUs} µs: ${v.message}`)
-  for (const h of distinctHits(result)) console.log(`NON-DETERMINISM: touched ${h.what} at ${h.site}`)
-  console.log(`trace hash: ${result.traceHash}`)
-  console.log(`repro: ${reproLine(result.scenario, result.seed)}`)
+function runContext(result: ScenarioResult) {
+  return { effectVersion: EFFECT_VERSION, commit: gitCommit(), repro: reproLine(result.scenario, result.seed) }
 }
 
 export function reproLine(scenario: string, seed: number): string {
