@@ -2,7 +2,7 @@ import { Effect, Random } from "effect"
 
 /**
  * Randomness comes from Effect's Random service: seeded per node life in the simulator,
- * Effect's default generator in the live world. Never Math.random in core.
+ * Effect's default generator in the live world. Core never reads a global random source.
  */
 
 /** An integer in [minInclusive, maxExclusive). */

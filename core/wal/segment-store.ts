@@ -151,11 +151,7 @@ export class SegmentStore implements WalStorage {
   constructor(private readonly disk: Disk["Service"], private readonly config: StoreConfig, endLsn: number) {
     this.directory = config.directory
     this.segmentSizeBytes = config.segmentSizeBytes
-    this.writeLsn = endLsn
-    this.flushLsn = endLsn
-    this.writeRecordLsn = endLsn
-    this.flushRecordLsn = endLsn
-    this.writtenBoundaryLsn = endLsn
+    this.writeLsn = this.flushLsn = this.writeRecordLsn = this.flushRecordLsn = this.writtenBoundaryLsn = endLsn
     this.decoder = undefined
     this.openSegment = undefined
     this.stopped = undefined
@@ -281,11 +277,8 @@ export class SegmentStore implements WalStorage {
       const decoder = this.makeDecoder(endLsn)
       assert(decoder !== undefined, "a valid decoder start makes a decoder")
       this.decoder = decoder
-      this.writeLsn = endLsn
-      this.flushLsn = endLsn
-      this.writeRecordLsn = endLsn
-      this.flushRecordLsn = endLsn
-      this.writtenBoundaryLsn = endLsn
+      // Everything up to the new end is durable and ends at a record boundary.
+      this.writeLsn = this.flushLsn = this.writeRecordLsn = this.flushRecordLsn = this.writtenBoundaryLsn = endLsn
       this.truncationPending = false
     }))
   }
