@@ -658,11 +658,9 @@ export class SimNet {
     endpoint.inbox[endpoint.inboxHead] = undefined
     endpoint.inboxHead++
     endpoint.inboxOffsetBytes = 0
-    if (endpoint.inboxHead === endpoint.inbox.length) {
-      endpoint.inbox = []
-      endpoint.inboxHead = 0
-    } else if (endpoint.inboxHead >= QUEUE_COMPACT_SLOTS_MIN && endpoint.inboxHead * 2 > endpoint.inbox.length) {
-      endpoint.inbox = endpoint.inbox.slice(endpoint.inboxHead)
+    const compacted = compactQueue(endpoint.inbox, endpoint.inboxHead)
+    if (compacted !== undefined) {
+      endpoint.inbox = compacted
       endpoint.inboxHead = 0
     }
   }
@@ -928,13 +926,22 @@ class Endpoint {
 }
 
 function compactChunks(direction: Direction): void {
-  if (direction.head === direction.chunks.length) {
-    direction.chunks = []
-    direction.head = 0
-  } else if (direction.head >= QUEUE_COMPACT_SLOTS_MIN && direction.head * 2 > direction.chunks.length) {
-    direction.chunks = direction.chunks.slice(direction.head)
+  const compacted = compactQueue(direction.chunks, direction.head)
+  if (compacted !== undefined) {
+    direction.chunks = compacted
     direction.head = 0
   }
+}
+
+/**
+ * A queue kept as an array with a head index: drop the consumed slots once the queue is empty,
+ * or once they are many and more than half of it (amortised O(1), bounded garbage). Returns the
+ * new array (whose head is 0), or undefined when nothing needs compacting (no allocation).
+ */
+function compactQueue<T>(items: T[], head: number): T[] | undefined {
+  if (head === items.length) return []
+  if (head >= QUEUE_COMPACT_SLOTS_MIN && head * 2 > items.length) return items.slice(head)
+  return undefined
 }
 
 function directionKey(from: string, to: string): string {
