@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from "commander"
 import { registerControlCommands } from "./control.js"
+import { registerSafekeeperCommand } from "./safekeeper.js"
 import { registerSimCommands } from "./sim.js"
 import { registerWalCommands } from "./wal.js"
 
@@ -14,6 +15,7 @@ program
 registerSimCommands(program)
 registerWalCommands(program)
 registerControlCommands(program)
+registerSafekeeperCommand(program)
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`sk: ${error instanceof Error ? error.message : String(error)}\n`)

@@ -1,0 +1,99 @@
+import { Effect, Result, Schema } from "effect"
+import type { NodeId } from "../acceptor/state.js"
+import { Disk, type DiskError, joinPath } from "../io/disk.js"
+import { type Log, logInfo, logWarn } from "../io/log.js"
+import { Net, type NetError } from "../io/net.js"
+import { NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
+import { handleConnection } from "./connection.js"
+
+/**
+ * A safekeeper node: its data directory, its timelines and its Postgres-protocol listener
+ * (reference §1, §2). The same program runs on real sockets and disks (`sk safekeeper`) and in
+ * the simulator; only the Disk, Net, Log and Clock services differ. Each connection runs in
+ * its own fiber; a bad connection ends only itself.
+ */
+export interface SafekeeperConfig {
+  readonly nodeId: NodeId
+  readonly datadir: string
+  /** host:port to listen on for the Postgres protocol. */
+  readonly listenPg: string
+  /** `--no-sync`: skip fsyncs (tests and benchmarks only). */
+  readonly noSync: boolean
+  /** Connections served at once; more wait in the listener's accept queue. */
+  readonly connectionCountMax?: number
+}
+
+export const CONNECTION_COUNT_MAX_DEFAULT = 1000
+
+export class SafekeeperStartError extends Schema.TaggedError<SafekeeperStartError>()("SafekeeperStartError", {
+  message: Schema.String
+}) {}
+
+export interface RunningSafekeeper {
+  readonly registry: TimelineRegistry
+  readonly address: string
+}
+
+/**
+ * Starts the node (node id file, timelines, listener) and serves until interrupted; closing
+ * the scope closes the listener and interrupts connections, whose durable steps run to their end.
+ */
+export const runSafekeeper = (config: SafekeeperConfig, onReady?: (running: RunningSafekeeper) => void) =>
+  Effect.gen(function* () {
+    yield* checkNodeId(config)
+    const registry = yield* TimelineRegistry.load({ datadir: config.datadir, nodeId: config.nodeId, noSync: config.noSync })
+    const net = yield* Net
+    const listener = yield* Effect.acquireRelease(net.listen(config.listenPg), (l) => l.close)
+    yield* logInfo("safekeeper listening", { id: config.nodeId, listen_pg: listener.address, timelines: registry.list().length })
+    onReady?.({ registry, address: listener.address })
+    let active = 0
+    let nextConnectionId = 1
+    const connectionCountMax = config.connectionCountMax ?? CONNECTION_COUNT_MAX_DEFAULT
+    return yield* Effect.forever(Effect.gen(function* () {
+      const connection = yield* listener.accept
+      const connectionId = nextConnectionId++
+      if (active >= connectionCountMax) {
+        yield* logWarn("connection refused: too many connections", { connection: connectionId, active })
+        yield* connection.close
+        return
+      }
+      active++
+      yield* Effect.forkChild(
+        handleConnection(connection, { registry, nodeId: config.nodeId, connectionId }).pipe(
+          Effect.ensuring(Effect.andThen(connection.close, Effect.sync(() => active--)))
+        )
+      )
+    }))
+  })
+
+/** `safekeeper.id` is written once from --id and must match it afterwards (Neon refuses a mismatch). */
+const checkNodeId = (config: SafekeeperConfig): Effect.Effect<void, DiskError | SafekeeperStartError, Disk> =>
+  Effect.gen(function* () {
+    const disk = yield* Disk
+    yield* disk.mkdir(config.datadir)
+    const path = joinPath(config.datadir, NODE_ID_FILE_NAME)
+    const existing = yield* Effect.result(disk.readFile(path))
+    if (Result.isSuccess(existing)) {
+      const text = new TextDecoder().decode(existing.success).trim()
+      if (text !== String(config.nodeId)) {
+        return yield* new SafekeeperStartError({ message: `${path} says node id ${JSON.stringify(text)}, but --id is ${config.nodeId}` })
+      }
+      return
+    }
+    if (existing.failure.reason !== "NotFound") return yield* existing.failure
+    const temp = `${path}.partial`
+    const file = yield* disk.open(temp, { create: true })
+    yield* Effect.ensuring(
+      Effect.gen(function* () {
+        yield* file.truncate(0)
+        yield* file.write(0, new TextEncoder().encode(`${config.nodeId}\n`))
+        if (!config.noSync) yield* file.sync
+      }),
+      file.close
+    )
+    yield* disk.rename(temp, path)
+    if (!config.noSync) yield* disk.syncDirectory(config.datadir)
+  })
+
+export type SafekeeperFailure = DiskError | NetError | SafekeeperStartError
+export type SafekeeperRequirements = Disk | Net | Log

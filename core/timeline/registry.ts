@@ -1,0 +1,226 @@
+import { Effect, Result, Schema, Semaphore } from "effect"
+import { makeAcceptor } from "../acceptor/acceptor.js"
+import { type ControlFileError, loadControlFile, persistControlFile } from "../acceptor/control-file.js"
+import type { WalStorageError } from "../acceptor/wal-storage.js"
+import {
+  EMPTY_MEMBER_CONFIGURATION,
+  isCanonicalHexId,
+  NANOS_PER_SEC,
+  newTimelineState,
+  type NodeId,
+  type ServerInfo,
+  TenantId,
+  TimelineId
+} from "../acceptor/state.js"
+import { nowUs } from "../io/clock.js"
+import { Disk, type DiskError, joinPath } from "../io/disk.js"
+import { logInfo, logWarn } from "../io/log.js"
+import { Lsn } from "../wal/lsn.js"
+import { openSegmentStore } from "../wal/segment-store.js"
+import { Timeline, type TimelineKey, timelineKeyText } from "./timeline.js"
+
+/**
+ * The timelines of one safekeeper (Neon's `GlobalTimelines`): `DATADIR/<tenant>/<timeline>/`,
+ * each a control file plus WAL segments, loaded at start. A timeline is created only by a push
+ * that allows creation (otherwise `TimelineNoCreate`): it is built in `DATADIR/tmp/` and moved
+ * into place with a durable rename, so a crash leaves either no timeline or a whole one.
+ * A directory that fails to load is logged and kept out (and cannot be re-created until an
+ * operator repairs it: re-creating would hide data).
+ */
+export const TimelineErrorReason = Schema.Literals([
+  "NotFound", // Neon's TimelineNoCreate: push without creation allowed, or a read of an unknown timeline
+  "Broken", // its directory exists but failed to load
+  "Invalid" // the creation request cannot make a timeline (bad server info)
+])
+export type TimelineErrorReason = typeof TimelineErrorReason.Type
+
+export class TimelineError extends Schema.TaggedError<TimelineError>()("TimelineError", {
+  reason: TimelineErrorReason,
+  tenantId: Schema.String,
+  timelineId: Schema.String,
+  message: Schema.String
+}) {}
+
+/** Whatever opening or creating a timeline can fail with. */
+export type TimelineOpenFailure = TimelineError | ControlFileError | DiskError | WalStorageError
+
+export const TEMP_DIRECTORY_NAME = "tmp"
+export const TEMP_TIMELINE_SUFFIX = "_temptli"
+export const NODE_ID_FILE_NAME = "safekeeper.id"
+/** Timelines one safekeeper holds; a bound on the registry's memory, far above real use. */
+export const TIMELINE_COUNT_MAX = 100_000
+
+export interface RegistryOptions {
+  readonly datadir: string
+  readonly nodeId: NodeId
+  readonly noSync: boolean
+}
+
+export class TimelineRegistry {
+  private readonly timelines = new Map<string, Timeline>()
+  private readonly broken = new Map<string, string>()
+  private readonly createLock = Semaphore.makeUnsafe(1)
+
+  private constructor(readonly options: RegistryOptions) {}
+
+  /** Loads every `<tenant>/<timeline>` directory; clears leftovers of interrupted creations. */
+  static load(options: RegistryOptions) {
+    return Effect.gen(function* () {
+      const disk = yield* Disk
+      const registry = new TimelineRegistry(options)
+      yield* disk.mkdir(options.datadir)
+      yield* removeTree(joinPath(options.datadir, TEMP_DIRECTORY_NAME))
+      for (const tenant of yield* disk.list(options.datadir)) {
+        if (tenant.kind !== "directory" || !isCanonicalHexId(tenant.name)) continue
+        for (const timeline of yield* disk.list(joinPath(options.datadir, tenant.name))) {
+          if (timeline.kind !== "directory" || !isCanonicalHexId(timeline.name)) continue
+          const key = { tenantId: TenantId(tenant.name), timelineId: TimelineId(timeline.name) }
+          const loaded = yield* Effect.result(registry.open(key))
+          if (Result.isFailure(loaded)) {
+            const problem = describe(loaded.failure)
+            registry.broken.set(timelineKeyText(key), problem)
+            yield* logWarn("timeline failed to load", { timeline: timelineKeyText(key), problem })
+          } else {
+            yield* logInfo("timeline loaded", {
+              timeline: timelineKeyText(key),
+              term: loaded.success.acceptor.term(),
+              flush_lsn: loaded.success.acceptor.flushLsn(),
+              commit_lsn: loaded.success.acceptor.commitLsn()
+            })
+          }
+        }
+      }
+      return registry
+    })
+  }
+
+  get(key: TimelineKey): Timeline | undefined {
+    return this.timelines.get(timelineKeyText(key))
+  }
+
+  /** The timeline, or NotFound / Broken. */
+  require(key: TimelineKey): Effect.Effect<Timeline, TimelineError> {
+    return Effect.suspend(() => {
+      const timeline = this.get(key)
+      if (timeline !== undefined) return Effect.succeed(timeline)
+      return Effect.fail(this.missing(key))
+    })
+  }
+
+  list(): ReadonlyArray<Timeline> {
+    return [...this.timelines.values()].sort((a, b) => compareText(timelineKeyText(a.key), timelineKeyText(b.key)))
+  }
+
+  /**
+   * The timeline of a push: existing, or created from the proposer's greeting when creation is
+   * allowed (reference §4 "implicit creation": empty configuration, start = commit = 0).
+   */
+  getOrCreate(key: TimelineKey, server: ServerInfo, allowCreation: boolean) {
+    const self = this
+    return this.createLock.withPermit(Effect.gen(function* () {
+      const existing = self.get(key)
+      if (existing !== undefined) return existing
+      if (!allowCreation || self.broken.has(timelineKeyText(key))) return yield* self.missing(key)
+      if (self.timelines.size >= TIMELINE_COUNT_MAX) {
+        return yield* new TimelineError({ ...ids(key), reason: "Invalid", message: `already ${TIMELINE_COUNT_MAX} timelines` })
+      }
+      if (server.walSegSizeBytes === 0 || server.pgVersion === 0) {
+        return yield* new TimelineError({ ...ids(key), reason: "Invalid", message: "creation needs a wal_seg_size and a pg_version" })
+      }
+      return yield* self.create(key, server)
+    }))
+  }
+
+  private create(key: TimelineKey, server: ServerInfo) {
+    const self = this
+    return Effect.gen(function* () {
+      const disk = yield* Disk
+      const { datadir, noSync } = self.options
+      const createdUs = yield* nowUs
+      const state = newTimelineState({
+        ...key,
+        mconf: EMPTY_MEMBER_CONFIGURATION,
+        server,
+        startLsn: Lsn(0),
+        commitLsn: Lsn(0),
+        creationTs: {
+          secsSinceEpoch: Math.floor(createdUs / 1_000_000),
+          nanosSinceEpoch: (createdUs % 1_000_000) * (NANOS_PER_SEC / 1_000_000)
+        }
+      })
+      const tempRoot = joinPath(datadir, TEMP_DIRECTORY_NAME)
+      const temp = joinPath(tempRoot, `${key.tenantId}_${key.timelineId}${TEMP_TIMELINE_SUFFIX}`)
+      const tenantDirectory = joinPath(datadir, key.tenantId)
+      const target = joinPath(tenantDirectory, key.timelineId)
+      yield* removeTree(temp)
+      yield* disk.mkdir(temp)
+      yield* persistControlFile(temp, state, { noSync })
+      yield* disk.mkdir(tenantDirectory)
+      // The tenant directory's entry in the data directory, then the move, then the move's
+      // removal from tmp/: each made durable before anything relies on it.
+      if (!noSync) yield* disk.syncDirectory(datadir)
+      yield* disk.rename(temp, target)
+      if (!noSync) {
+        yield* disk.syncDirectory(tenantDirectory)
+        yield* disk.syncDirectory(tempRoot)
+      }
+      yield* logInfo("timeline created", { timeline: timelineKeyText(key), pg_version: server.pgVersion, wal_seg_size: server.walSegSizeBytes })
+      return yield* self.open(key)
+    })
+  }
+
+  private open(key: TimelineKey) {
+    const self = this
+    return Effect.gen(function* () {
+      const directory = joinPath(self.options.datadir, key.tenantId, key.timelineId)
+      const state = yield* loadControlFile(directory)
+      if (state.tenantId !== key.tenantId || state.timelineId !== key.timelineId) {
+        return yield* new TimelineError({ ...ids(key), reason: "Broken", message: `control file names ${state.tenantId}/${state.timelineId}` })
+      }
+      const wal = yield* openSegmentStore({
+        directory,
+        segmentSizeBytes: state.server.walSegSizeBytes,
+        commitLsn: state.commitLsn,
+        timelineStartLsn: state.timelineStartLsn,
+        pgVersion: state.server.pgVersion,
+        systemId: state.server.systemId,
+        noSync: self.options.noSync
+      })
+      const acceptor = yield* makeAcceptor({ nodeId: self.options.nodeId, state, walStorage: wal, directory, noSync: self.options.noSync })
+      const timeline = new Timeline(key, directory, self.options.nodeId, acceptor, wal)
+      self.timelines.set(timelineKeyText(key), timeline)
+      return timeline
+    })
+  }
+
+  private missing(key: TimelineKey): TimelineError {
+    const problem = this.broken.get(timelineKeyText(key))
+    return problem === undefined
+      ? new TimelineError({ ...ids(key), reason: "NotFound", message: `timeline ${timelineKeyText(key)} does not exist and creation is not allowed` })
+      : new TimelineError({ ...ids(key), reason: "Broken", message: `timeline ${timelineKeyText(key)} failed to load: ${problem}` })
+  }
+}
+
+/** Removes a directory tree (leftovers of an interrupted creation); absent is fine. */
+export const removeTree = (path: string): Effect.Effect<void, DiskError, Disk> =>
+  Effect.gen(function* () {
+    const disk = yield* Disk
+    const stat = yield* disk.stat(path)
+    if (stat === undefined) return
+    if (stat.kind === "file") return yield* disk.unlink(path)
+    for (const entry of yield* disk.list(path)) yield* removeTree(joinPath(path, entry.name))
+    yield* disk.rmdir(path)
+  })
+
+function ids(key: TimelineKey) {
+  return { tenantId: key.tenantId, timelineId: key.timelineId }
+}
+
+function describe(error: unknown): string {
+  if (typeof error === "object" && error !== null && "message" in error) return String((error as { message: unknown }).message)
+  return String(error)
+}
+
+function compareText(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0
+}

@@ -1,0 +1,232 @@
+import { Effect } from "effect"
+import type { Acceptor, AcceptorFailure } from "../acceptor/acceptor.js"
+import type { NodeId, PersistedState, TenantId, Term, TimelineId } from "../acceptor/state.js"
+import type { WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
+import type { Disk, DiskError } from "../io/disk.js"
+import {
+  type AcceptorMessage,
+  type AppendRequest,
+  type AppendResponse,
+  EMPTY_HOT_STANDBY_FEEDBACK,
+  type HotStandbyFeedback,
+  type ProposerMessage
+} from "../protocol/consensus.js"
+import type { PageserverFeedback } from "../protocol/pageserver-feedback.js"
+import { Lsn } from "../wal/lsn.js"
+import { Watch } from "./watch.js"
+
+/**
+ * One timeline on this safekeeper (Neon's `Timeline`, `timeline.rs`): its acceptor, its WAL
+ * storage for readers, and the shared state that connections watch. Push connections feed
+ * the acceptor (which serializes them: one request at a time); any number of senders read
+ * WAL and wait on `positions` for commit_lsn or flush_lsn to move, never polling.
+ */
+export interface TimelineKey {
+  readonly tenantId: TenantId
+  readonly timelineId: TimelineId
+}
+
+export const timelineKeyText = (key: TimelineKey): string => `${key.tenantId}/${key.timelineId}`
+
+/** What readers wait on; republished after every acceptor request. */
+export interface TimelinePositions {
+  readonly term: Term
+  readonly lastLogTerm: Term
+  readonly flushLsn: Lsn
+  /** In-memory commit_lsn (what senders stream up to). */
+  readonly commitLsn: Lsn
+  readonly remoteConsistentLsn: Lsn
+  /** Set once the acceptor fail-stopped: waiters must give up. */
+  readonly stopped: boolean
+}
+
+export type WalSenderKind = "pageserver" | "standby" | "peer"
+
+/** What one START_REPLICATION consumer reported (Neon's `WalSenderState`). */
+export interface WalSenderState {
+  readonly id: number
+  readonly applicationName: string
+  readonly kind: WalSenderKind
+  readonly startLsn: Lsn
+  sentLsn: Lsn
+  /** Standby status 'r': write/flush/apply, kept as a monotonic max (0 = not reported). */
+  writeLsn: Lsn
+  flushLsn: Lsn
+  applyLsn: Lsn
+  hotStandby: HotStandbyFeedback
+  pageserverFeedback: PageserverFeedback | undefined
+}
+
+export interface WalReceiverState {
+  readonly id: number
+  status: "Voting" | "Streaming"
+}
+
+/** The last pageserver feedback heard, with a sequence number so writers notice each new one. */
+export interface FeedbackBroadcast {
+  readonly sequence: number
+  readonly feedback: PageserverFeedback | undefined
+}
+
+export class Timeline {
+  readonly positions: Watch<TimelinePositions>
+  readonly pageserverFeedback = Watch.make<FeedbackBroadcast>({ sequence: 0, feedback: undefined })
+  private readonly senders = new Map<number, WalSenderState>()
+  private readonly receivers = new Map<number, WalReceiverState>()
+  private nextConsumerId = 1
+
+  constructor(
+    readonly key: TimelineKey,
+    readonly directory: string,
+    readonly nodeId: NodeId,
+    readonly acceptor: Acceptor,
+    readonly wal: WalStorage
+  ) {
+    this.positions = Watch.make(this.currentPositions())
+  }
+
+  get segmentSizeBytes(): number {
+    return this.acceptor.persistedState().server.walSegSizeBytes
+  }
+
+  get persisted(): PersistedState {
+    return this.acceptor.persistedState()
+  }
+
+  /** One proposer message, flushed before its reply (greeting, vote, elected, append). */
+  handle(message: ProposerMessage): Effect.Effect<AcceptorMessage | undefined, AcceptorFailure, Disk> {
+    return this.published(this.acceptor.handle(message)).pipe(Effect.map((reply) => this.withFeedback(reply)))
+  }
+
+  /** An append written without fsync (the receive pipeline batches fsyncs, reference §8). */
+  appendNoFlush(request: AppendRequest): Effect.Effect<AppendResponse | undefined, AcceptorFailure, Disk> {
+    return this.published(this.acceptor.appendNoFlush(request)).pipe(Effect.map((reply) => this.withFeedback(reply)))
+  }
+
+  /** fsync what was written and report (Neon's FlushWAL). */
+  readonly flush: Effect.Effect<AppendResponse, AcceptorFailure, Disk> = Effect.suspend(() =>
+    this.published(this.acceptor.flush).pipe(Effect.map((reply) => this.withFeedback(reply)))
+  )
+
+  /** WAL bytes [startLsn, startLsn + length) from storage; shorter at a segment end. */
+  read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
+    return this.wal.read(startLsn, lengthBytes)
+  }
+
+  // ---- consumers ----
+
+  registerSender(init: { readonly applicationName: string; readonly kind: WalSenderKind; readonly startLsn: Lsn }): WalSenderState {
+    const state: WalSenderState = {
+      id: this.nextConsumerId++,
+      ...init,
+      sentLsn: init.startLsn,
+      writeLsn: Lsn(0),
+      flushLsn: Lsn(0),
+      applyLsn: Lsn(0),
+      hotStandby: EMPTY_HOT_STANDBY_FEEDBACK,
+      pageserverFeedback: undefined
+    }
+    this.senders.set(state.id, state)
+    return state
+  }
+
+  unregisterSender(id: number): void {
+    this.senders.delete(id)
+  }
+
+  registerReceiver(): WalReceiverState {
+    const state: WalReceiverState = { id: this.nextConsumerId++, status: "Voting" }
+    this.receivers.set(state.id, state)
+    return state
+  }
+
+  unregisterReceiver(id: number): void {
+    this.receivers.delete(id)
+  }
+
+  walSenders(): ReadonlyArray<WalSenderState> {
+    return [...this.senders.values()]
+  }
+
+  walReceivers(): ReadonlyArray<WalReceiverState> {
+    return [...this.receivers.values()]
+  }
+
+  /**
+   * Pageserver feedback ('z'): recorded on its sender, remote_consistent_lsn raised (never
+   * lowered: the acceptor keeps the max), and broadcast so push connections re-send their last
+   * AppendResponse with it attached.
+   */
+  recordPageserverFeedback(sender: WalSenderState, feedback: PageserverFeedback): Effect.Effect<void, AcceptorFailure, Disk> {
+    sender.pageserverFeedback = feedback
+    const remoteConsistentLsn = Lsn(feedback.remoteConsistentLsn)
+    const raise = remoteConsistentLsn > this.acceptor.snapshot().inMemory.remoteConsistentLsn
+      ? this.acceptor.applyPeerInfo({
+        commitLsn: Lsn(0),
+        lastLogTerm: this.acceptor.lastLogTerm(),
+        backupLsn: Lsn(0),
+        remoteConsistentLsn,
+        peerHorizonLsn: Lsn(0)
+      })
+      : Effect.void
+    return this.published(raise).pipe(
+      Effect.tap(() =>
+        Effect.sync(() => {
+          const previous = this.pageserverFeedback.get()
+          this.pageserverFeedback.set({ sequence: previous.sequence + 1, feedback })
+        })
+      )
+    )
+  }
+
+  /**
+   * Hot standby feedback aggregated over standby senders, as Neon's `timeline.rs` does: the
+   * minimum non-zero xmin and catalog_xmin, the latest timestamp.
+   */
+  hotStandbyFeedback(): HotStandbyFeedback {
+    let tsUs = 0
+    let xmin = 0n
+    let catalogXmin = 0n
+    for (const sender of this.senders.values()) {
+      if (sender.kind !== "standby") continue
+      const feedback = sender.hotStandby
+      if (feedback.tsUs > tsUs) tsUs = feedback.tsUs
+      if (feedback.xmin !== 0n && (xmin === 0n || feedback.xmin < xmin)) xmin = feedback.xmin
+      if (feedback.catalogXmin !== 0n && (catalogXmin === 0n || feedback.catalogXmin < catalogXmin)) catalogXmin = feedback.catalogXmin
+    }
+    return { tsUs, xmin, catalogXmin }
+  }
+
+  /** Republishes positions after an acceptor call, whatever its outcome. */
+  private published<A, E>(effect: Effect.Effect<A, E, Disk>): Effect.Effect<A, E, Disk> {
+    return Effect.ensuring(effect, Effect.sync(() => this.publish()))
+  }
+
+  publish(): void {
+    const next = this.currentPositions()
+    const previous = this.positions.get()
+    if (next.term !== previous.term || next.lastLogTerm !== previous.lastLogTerm || next.flushLsn !== previous.flushLsn ||
+      next.commitLsn !== previous.commitLsn || next.remoteConsistentLsn !== previous.remoteConsistentLsn ||
+      next.stopped !== previous.stopped) {
+      this.positions.set(next)
+    }
+  }
+
+  private currentPositions(): TimelinePositions {
+    const acceptor = this.acceptor
+    return {
+      term: acceptor.term(),
+      lastLogTerm: acceptor.lastLogTerm(),
+      flushLsn: acceptor.flushLsn(),
+      commitLsn: acceptor.commitLsn(),
+      remoteConsistentLsn: acceptor.snapshot().inMemory.remoteConsistentLsn,
+      stopped: acceptor.stoppedReason() !== undefined
+    }
+  }
+
+  private withFeedback<M extends AcceptorMessage | undefined>(reply: M): M {
+    if (reply === undefined || reply._tag !== "AppendResponse") return reply
+    const hsFeedback = this.hotStandbyFeedback()
+    return (hsFeedback.tsUs === 0 && hsFeedback.xmin === 0n && hsFeedback.catalogXmin === 0n ? reply : { ...reply, hsFeedback }) as M
+  }
+}
