@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from "commander"
 import { registerControlCommands } from "./control.js"
+import { registerProposerCommand } from "./proposer.js"
 import { registerSafekeeperCommand } from "./safekeeper.js"
 import { registerSimCommands } from "./sim.js"
 import { registerWalCommands } from "./wal.js"
@@ -16,6 +17,7 @@ registerSimCommands(program)
 registerWalCommands(program)
 registerControlCommands(program)
 registerSafekeeperCommand(program)
+registerProposerCommand(program)
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`sk: ${error instanceof Error ? error.message : String(error)}\n`)

@@ -82,6 +82,7 @@ const pipeline = (channel: CopyChannel, timeline: Timeline, greeting: ProposerGr
     let lastFlushUs = yield* monotonicUs
     const flush = Effect.gen(function* () {
       const reply = yield* uninterruptible(timeline.flush)
+      yield* timeline.persistInMemoryIf("SegmentAhead")
       dirty = false
       lastFlushUs = yield* monotonicUs
       yield* Queue.offer(outbox, { _tag: "Reply", message: reply })
@@ -120,6 +121,7 @@ const pipeline = (channel: CopyChannel, timeline: Timeline, greeting: ProposerGr
     }))
     yield* Fiber.interrupt(feedback)
     yield* Fiber.interrupt(reader)
+    yield* timeline.persistInMemoryIf("Always").pipe(Effect.ignore)
     // Let the writer send what is queued (the final flush's reply), then stop it.
     yield* Queue.end(outbox)
     yield* Fiber.join(writer).pipe(Effect.ignore)

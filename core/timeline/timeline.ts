@@ -108,6 +108,20 @@ export class Timeline {
     this.published(this.acceptor.flush).pipe(Effect.map((reply) => this.withFeedback(reply)))
   )
 
+  /**
+   * The control file's commit_lsn trails the in-memory one (it moves without fsync). Neon's
+   * manager persists it once it runs a segment ahead (reference §6); so do we, and whenever a
+   * push ends, so a restart does not fall far behind what readers were already shown.
+   */
+  persistInMemoryIf(when: "SegmentAhead" | "Always"): Effect.Effect<void, AcceptorFailure, Disk> {
+    return Effect.suspend(() => {
+      const snapshot = this.acceptor.snapshot()
+      const ahead = snapshot.inMemory.commitLsn - snapshot.persisted.commitLsn
+      if (ahead <= 0 || (when === "SegmentAhead" && ahead < this.segmentSizeBytes)) return Effect.void
+      return Effect.uninterruptible(this.published(this.acceptor.persistInMemory))
+    })
+  }
+
   /** WAL bytes [startLsn, startLsn + length) from storage; shorter at a segment end. */
   read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
     return this.wal.read(startLsn, lengthBytes)

@@ -1,0 +1,148 @@
+import { type ChildProcess, spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as os from "node:os"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+
+/**
+ * A local cluster of safekeeper processes on loopback (`sk local`, tests, benchmarks): each
+ * safekeeper is a separate `sk safekeeper` process on a free port with its own data directory,
+ * started and stopped by process id. Killing one with SIGKILL is a real kill -9.
+ */
+export const SK_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "bin", "sk.js")
+export const READY_TIMEOUT_MS = 20_000
+
+export interface SafekeeperProcess {
+  readonly id: number
+  readonly datadir: string
+  readonly pgAddress: string
+  readonly httpAddress: string
+  child: ChildProcess | undefined
+  readonly logPath: string
+}
+
+export interface LocalClusterOptions {
+  readonly safekeeperCount: number
+  /** Where data directories and logs go; a new temp dir when absent. */
+  readonly directory?: string
+  readonly noSync?: boolean
+}
+
+export class LocalCluster {
+  readonly directory: string
+  readonly safekeepers: SafekeeperProcess[] = []
+  private readonly noSync: boolean
+
+  private constructor(directory: string, noSync: boolean) {
+    this.directory = directory
+    this.noSync = noSync
+  }
+
+  static async start(options: LocalClusterOptions): Promise<LocalCluster> {
+    const directory = options.directory ?? fs.mkdtempSync(path.join(os.tmpdir(), "sk-local-"))
+    fs.mkdirSync(directory, { recursive: true })
+    const cluster = new LocalCluster(directory, options.noSync === true)
+    try {
+      for (let id = 1; id <= options.safekeeperCount; id++) {
+        const pgPort = await freePort()
+        const httpPort = await freePort()
+        cluster.safekeepers.push({
+          id,
+          datadir: path.join(directory, `sk${id}`),
+          pgAddress: `127.0.0.1:${pgPort}`,
+          httpAddress: `127.0.0.1:${httpPort}`,
+          child: undefined,
+          logPath: path.join(directory, `sk${id}.log`)
+        })
+      }
+      await Promise.all(cluster.safekeepers.map((sk) => cluster.startSafekeeper(sk.id)))
+      return cluster
+    } catch (error) {
+      await cluster.stop()
+      throw error
+    }
+  }
+
+  get pgAddresses(): string {
+    return this.safekeepers.map((sk) => sk.pgAddress).join(",")
+  }
+
+  safekeeper(id: number): SafekeeperProcess {
+    const sk = this.safekeepers.find((s) => s.id === id)
+    if (sk === undefined) throw new Error(`no safekeeper ${id}`)
+    return sk
+  }
+
+  /** Starts (or restarts) one safekeeper and waits until its HTTP status answers. */
+  async startSafekeeper(id: number): Promise<void> {
+    const sk = this.safekeeper(id)
+    if (sk.child !== undefined && sk.child.exitCode === null && sk.child.signalCode === null) return
+    const log = fs.openSync(sk.logPath, "a")
+    const args = [SK_BIN, "safekeeper", "--id", String(id), "-D", sk.datadir, "--listen-pg", sk.pgAddress, "--listen-http", sk.httpAddress]
+    if (this.noSync) args.push("--no-sync")
+    sk.child = spawn(process.execPath, args, { stdio: ["ignore", log, log] })
+    fs.closeSync(log)
+    await waitForStatus(sk, READY_TIMEOUT_MS)
+  }
+
+  /** kill -9 of one safekeeper process. */
+  async kill(id: number): Promise<void> {
+    await stopChild(this.safekeeper(id), "SIGKILL")
+  }
+
+  /** Stops every process by its pid (SIGTERM, then SIGKILL after a grace period). */
+  async stop(): Promise<void> {
+    await Promise.all(this.safekeepers.map((sk) => stopChild(sk, "SIGTERM")))
+  }
+}
+
+async function stopChild(sk: SafekeeperProcess, signal: NodeJS.Signals): Promise<void> {
+  const child = sk.child
+  sk.child = undefined
+  if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
+  child.kill(signal)
+  const timer = setTimeout(() => child.kill("SIGKILL"), 5_000)
+  await exited
+  clearTimeout(timer)
+}
+
+async function waitForStatus(sk: SafekeeperProcess, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    const child = sk.child
+    if (child === undefined || child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`safekeeper ${sk.id} exited during start; see ${sk.logPath}:\n${tail(sk.logPath)}`)
+    }
+    try {
+      const response = await fetch(`http://${sk.httpAddress}/v1/status`)
+      if (response.ok) return
+    } catch {
+      // not listening yet
+    }
+    await new Promise((resolve) => setTimeout(resolve, 50))
+  }
+  throw new Error(`safekeeper ${sk.id} did not answer /v1/status within ${timeoutMs} ms; see ${sk.logPath}`)
+}
+
+/** A port the OS says is free right now (bound on 127.0.0.1 and released). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.once("error", reject)
+    server.listen(0, "127.0.0.1", () => {
+      const address = server.address()
+      const port = typeof address === "object" && address !== null ? address.port : 0
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+function tail(file: string): string {
+  try {
+    return fs.readFileSync(file, "utf8").split("\n").slice(-20).join("\n")
+  } catch {
+    return ""
+  }
+}
