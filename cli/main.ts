@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 import { Command } from "commander"
 import { registerControlCommands } from "./control.js"
+import { registerLocalCommand } from "./local.js"
 import { registerProposerCommand } from "./proposer.js"
 import { registerSafekeeperCommand } from "./safekeeper.js"
 import { registerSimCommands } from "./sim.js"
@@ -18,6 +19,7 @@ registerWalCommands(program)
 registerControlCommands(program)
 registerSafekeeperCommand(program)
 registerProposerCommand(program)
+registerLocalCommand(program)
 
 program.parseAsync(process.argv).catch((error: unknown) => {
   process.stderr.write(`sk: ${error instanceof Error ? error.message : String(error)}\n`)

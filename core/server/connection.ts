@@ -302,7 +302,7 @@ const startWalPush = (session: Session, command: Extract<ReplicationCommand, { _
       timelineFor: (greeting) =>
         Effect.gen(function* () {
           if (greeting.tenantId !== key.tenantId || greeting.timelineId !== key.timelineId) {
-            return yield* context.registry.require(key)
+            return yield* context.registry.lookup(key)
           }
           return yield* context.registry.getOrCreate(key, {
             pgVersion: greeting.pgVersion,

@@ -99,7 +99,7 @@ export class TimelineRegistry {
   }
 
   /** The timeline, or NotFound / Broken. */
-  require(key: TimelineKey): Effect.Effect<Timeline, TimelineError> {
+  lookup(key: TimelineKey): Effect.Effect<Timeline, TimelineError> {
     return Effect.suspend(() => {
       const timeline = this.get(key)
       if (timeline !== undefined) return Effect.succeed(timeline)
