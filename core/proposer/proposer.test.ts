@@ -7,7 +7,7 @@
 // proposers run as node lives inside the simulator kernel (virtual clock, seeded Random, the
 // kernel's scheduler), faults injected by a nemesis fiber at fixed virtual times. Everything is
 // deterministic: each test is one seed.
-import { Cause, Effect, Exit, type Fiber } from "effect"
+import { Cause, Effect, Exit, type Fiber, Result } from "effect"
 import { describe, expect, test } from "vitest"
 import { NO_DISK_FAULTS, SimDisk } from "../../sim/disk.js"
 import { Incarnation, Kernel } from "../../sim/kernel.js"
@@ -15,12 +15,13 @@ import { forkInLife, simLog } from "../../sim/runtime.js"
 import { makeAcceptor } from "../acceptor/acceptor.js"
 import { persistControlFile } from "../acceptor/control-file.js"
 import { MemoryWalStorage } from "../acceptor/memory-wal-storage.js"
-import { EMPTY_MEMBER_CONFIGURATION, newTimelineState, NodeId, TenantId, TimelineId } from "../acceptor/state.js"
+import { EMPTY_MEMBER_CONFIGURATION, Generation, type MemberConfiguration, newTimelineState, NodeId, TenantId, TimelineId } from "../acceptor/state.js"
 import { concatBytes, firstByteDifference } from "../bytes.js"
 import { sleepUs } from "../io/clock.js"
 import { Disk } from "../io/disk.js"
 import { Log } from "../io/log.js"
-import { formatLsn, Lsn } from "../wal/lsn.js"
+import { WalDecoder } from "../wal/decoder.js"
+import { Lsn } from "../wal/lsn.js"
 import { TEST_SYSTEM_ID } from "../wal/wal-testing.js"
 import type { ProposerProgress } from "./machine.js"
 import { type ProposerError, type ProposerOptions, type ProposerResult, runProposer } from "./proposer.js"
@@ -51,12 +52,12 @@ class Cluster {
   readonly nodes = new Map<string, SafekeeperNode>()
   private lifeNo = 0
 
-  constructor(seed: number) {
+  constructor(seed: number, private readonly mconf: MemberConfiguration = EMPTY_MEMBER_CONFIGURATION) {
     this.kernel = new Kernel(seed)
     ADDRESSES.forEach((address, index) => this.startSafekeeper(address, index + 1))
   }
 
-  /** A fresh timeline as START_WAL_PUSH would create it (generation 0, nothing committed). */
+  /** A fresh timeline as START_WAL_PUSH would create it (generation 0 unless told), nothing committed. */
   private startSafekeeper(address: string, id: number): void {
     const life = new Incarnation(address, 1)
     const disk = new SimDisk(this.kernel, address, { ...NO_DISK_FAULTS, fsyncLatencyUs: [50, 200] })
@@ -65,7 +66,7 @@ class Cluster {
     const state = newTimelineState({
       tenantId: TENANT,
       timelineId: TIMELINE,
-      mconf: EMPTY_MEMBER_CONFIGURATION,
+      mconf: this.mconf,
       server: { pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES },
       startLsn: Lsn(0),
       commitLsn: Lsn(0)
@@ -157,6 +158,17 @@ function expectSameBytes(actual: Uint8Array, expected: Uint8Array, what: string)
   expect(difference, `${what}: first differing byte`).toBeUndefined()
 }
 
+/** Decodes the acceptor's WAL [INITIAL_LSN, toLsn) with one decoder: page headers, CRCs and every xl_prev link must hold. */
+function expectValidWal(cluster: Cluster, address: string, toLsn: number): void {
+  const decoder = WalDecoder.make({ startLsn: INITIAL_LSN, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15 })
+  if (Result.isFailure(decoder)) throw new Error(decoder.failure.message)
+  const bytes = cluster.walAt(address, INITIAL_LSN, toLsn)
+  const count = decoder.success.scan(bytes)
+  expect(decoder.success.error?.message, `${address}: WAL decodes`).toBeUndefined()
+  expect(count, address).toBeGreaterThan(0)
+  expect(decoder.success.recordEnds.nextLsn(count - 1), `${address}: ends at a record boundary`).toBe(toLsn)
+}
+
 function success<A, E>(fiber: Fiber.Fiber<A, E>): A {
   const exit = fiber.pollUnsafe()
   if (exit === undefined) throw new Error("the proposer did not finish")
@@ -193,6 +205,7 @@ describe("normal mode", () => {
       expect(acceptor.termHistory(), address).toEqual([{ term: 1, lsn: INITIAL_LSN }])
       if (acceptor.flushLsn() < result.commitLsn) continue
       expectSameBytes(cluster.walAt(address, INITIAL_LSN, result.commitLsn), expected, address)
+      expectValidWal(cluster, address, result.commitLsn)
     }
     const holding = ADDRESSES.filter((address) => cluster.acceptor(address).flushLsn() >= result.commitLsn)
     expect(holding.length).toBeGreaterThanOrEqual(2)
@@ -288,7 +301,40 @@ describe("normal mode", () => {
       expect(acceptor.termHistory()).toEqual([{ term: 1, lsn: INITIAL_LSN }, { term: 2, lsn: result.termStartLsn }])
       expectSameBytes(cluster.walAt(address, INITIAL_LSN, result.termStartLsn), firstWal, `${address} term 1`)
       expectSameBytes(cluster.walAt(address, result.termStartLsn, result.commitLsn), secondWal, `${address} term 2`)
+      // The second term's first record links back to the first term's last (xl_prev read from the donor).
+      expectValidWal(cluster, address, result.commitLsn)
     }
+  })
+})
+
+describe("membership configuration", () => {
+  const mconf: MemberConfiguration = {
+    generation: Generation(1),
+    members: [3, 1, 2].map((id) => ({ id: NodeId(id), host: `sk${id}`, pgPort: 5454 })),
+    newMembers: undefined
+  }
+
+  test("a proposer greeting without a configuration adopts the safekeepers' and commits in its generation", () => {
+    const cluster = new Cluster(10, mconf)
+    cluster.transport.setDown("sk1:5454")
+    const wal = recorded({ rateBytesPerSecond: Number.POSITIVE_INFINITY })
+    const progress: ProposerProgress[] = []
+    const fiber = cluster.startProposer({ walSource: wal.factory, totalBytes: 200 * 1024, onProgress: (p) => progress.push(p) })
+    cluster.runUntilDone(fiber)
+    const result = success(fiber)
+    expect(result.commitLsn).toBeGreaterThanOrEqual(INITIAL_LSN + 200 * 1024)
+    for (const address of ["sk2:5454", "sk3:5454"]) {
+      expect(cluster.acceptor(address).persistedState().mconf.generation).toBe(1)
+      expectSameBytes(cluster.walAt(address, INITIAL_LSN, result.commitLsn), generated(wal.chunks, result.commitLsn), address)
+    }
+    expect(cluster.kernel.trace.lines.some((line) => line.includes("proposer adopted configuration generation=1"))).toBe(true)
+  })
+
+  test("greeting with the configuration itself works the same", () => {
+    const cluster = new Cluster(11, mconf)
+    const fiber = cluster.startProposer({ mconf, walSource: recorded({ rateBytesPerSecond: Number.POSITIVE_INFINITY }).factory, totalBytes: 64 * 1024 })
+    cluster.runUntilDone(fiber)
+    expect(success(fiber).commitLsn).toBeGreaterThanOrEqual(INITIAL_LSN + 64 * 1024)
   })
 })
 
@@ -331,10 +377,99 @@ describe("recovery", () => {
       expect(acceptor.termHistory(), address).toEqual([{ term: 1, lsn: INITIAL_LSN }, { term: 2, lsn: donorFlush }])
       expectSameBytes(cluster.walAt(address, INITIAL_LSN, donorFlush), firstWal, `${address} recovered WAL`)
       expectSameBytes(cluster.walAt(address, donorFlush, result.commitLsn), secondWal, `${address} new WAL`)
+      expectValidWal(cluster, address, result.commitLsn)
     }
     // The first new record points back at the last recovered one (found by reading the donor).
     const trace = cluster.kernel.trace.lines
     expect(trace.some((line) => line.includes("could not find the last record"))).toBe(false)
+  })
+  test("an uncommitted tail of an older term is cut where the logs part, and replaced by the donor's log", () => {
+    const cluster = new Cluster(12)
+    // Term 1: everyone commits, then sk1 alone receives a tail nobody else has.
+    const first = recorded({ rateBytesPerSecond: 2 * 1024 * 1024 })
+    const firstFiber = cluster.startProposer({ walSource: first.factory, uncommittedBytesMax: 256 * 1024 })
+    cluster.at(SECOND_US / 2, Effect.sync(() => {
+      cluster.transport.setDown("sk2:5454")
+      cluster.transport.setDown("sk3:5454")
+    }))
+    cluster.runUntilDone(firstFiber)
+    expect(failure(firstFiber).reason).toBe("NoQuorum")
+    const tailEnd = cluster.acceptor("sk1:5454").flushLsn()
+    // Term 2 without sk1 writes its own WAL after what sk2 and sk3 hold.
+    cluster.transport.setDown("sk1:5454")
+    cluster.transport.setUp("sk2:5454")
+    cluster.transport.setUp("sk3:5454")
+    const second = recorded({ rateBytesPerSecond: Number.POSITIVE_INFINITY })
+    const secondFiber = cluster.startProposer({ walSource: second.factory, totalBytes: 96 * 1024 })
+    cluster.runUntilDone(secondFiber)
+    const term2 = success(secondFiber)
+    expect(term2.term).toBe(2)
+    expect(term2.termStartLsn).toBeLessThan(tailEnd)
+    cluster.settle()
+    // Term 3 with everyone: sk1 has the longest log, but of term 1; the donor is a term-2 one.
+    cluster.transport.setUp("sk1:5454")
+    const third = recorded({ rateBytesPerSecond: 1024 * 1024 })
+    const thirdFiber = cluster.startProposer({ walSource: third.factory, totalBytes: 64 * 1024 })
+    cluster.runUntilDone(thirdFiber)
+    const term3 = success(thirdFiber)
+    expect(term3.term).toBe(3)
+    expect(term3.termStartLsn).toBeGreaterThanOrEqual(term2.commitLsn)
+    const reference = cluster.walAt("sk2:5454", INITIAL_LSN, term3.commitLsn)
+    for (const address of ADDRESSES) {
+      const acceptor = cluster.acceptor(address)
+      expect(acceptor.flushLsn(), address).toBeGreaterThanOrEqual(term3.commitLsn)
+      expect(acceptor.termHistory(), address).toEqual([
+        { term: 1, lsn: INITIAL_LSN },
+        { term: 2, lsn: term2.termStartLsn },
+        { term: 3, lsn: term3.termStartLsn }
+      ])
+      expectSameBytes(cluster.walAt(address, INITIAL_LSN, term3.commitLsn), reference, address)
+      expectValidWal(cluster, address, term3.commitLsn)
+    }
+    expectSameBytes(cluster.walAt("sk1:5454", INITIAL_LSN, term2.termStartLsn), generated(first.chunks, term2.termStartLsn), "sk1 term 1")
+    expectSameBytes(cluster.walAt("sk1:5454", term2.termStartLsn, term3.termStartLsn), generated(second.chunks, term3.termStartLsn), "sk1 term 2")
+  })
+})
+
+describe("laggards below the WAL buffer", () => {
+  test("a safekeeper back after the buffer moved on is fed from a peer, then from the buffer", () => {
+    const cluster = new Cluster(13)
+    cluster.transport.setDown("sk3:5454")
+    const wal = recorded({ rateBytesPerSecond: 2 * 1024 * 1024 })
+    // 3 MiB at 2 MiB/s: sk3 is back at the reconnect round after 1 s, long after 0/100028 left the buffer.
+    const fiber = cluster.startProposer({ walSource: wal.factory, totalBytes: 3 * 1024 * 1024, walBufferBytesMax: 192 * 1024, uncommittedBytesMax: 128 * 1024 })
+    cluster.at(SECOND_US / 4, Effect.sync(() => cluster.transport.setUp("sk3:5454")))
+    cluster.runUntilDone(fiber)
+    const result = success(fiber)
+    // By then the buffer had dropped sk3's start (0/100028): its WAL came from sk1 or sk2.
+    expect(cluster.transport.stats.streamsOpened).toBeGreaterThan(0)
+    expect(cluster.transport.stats.walStreamedBytes).toBeGreaterThan(SEGMENT_BYTES)
+    const expected = generated(wal.chunks, result.commitLsn)
+    for (const address of ADDRESSES) {
+      expect(cluster.acceptor(address).flushLsn(), address).toBeGreaterThanOrEqual(result.commitLsn)
+      expectSameBytes(cluster.walAt(address, INITIAL_LSN, result.commitLsn), expected, address)
+    }
+  })
+
+  test("when no peer holds what a laggard needs, the proposer stops with WalUnavailable", () => {
+    const cluster = new Cluster(14)
+    cluster.transport.setDown("sk3:5454")
+    const fiber = cluster.startProposer({
+      walSource: recorded({ rateBytesPerSecond: 4 * 1024 * 1024 }).factory,
+      walBufferBytesMax: 192 * 1024,
+      uncommittedBytesMax: 128 * 1024
+    })
+    // Once WAL is past segment 1, sk1 and sk2 remove it (as after a backup), then sk3 returns empty.
+    cluster.at(SECOND_US / 2, Effect.gen(function* () {
+      expect(cluster.acceptor("sk1:5454").flushLsn()).toBeGreaterThan(2 * SEGMENT_BYTES)
+      yield* Effect.orDie(cluster.nodes.get("sk1:5454")!.wal.removeUpTo(1))
+      yield* Effect.orDie(cluster.nodes.get("sk2:5454")!.wal.removeUpTo(1))
+      cluster.transport.setUp("sk3:5454")
+    }))
+    cluster.runUntilDone(fiber)
+    const error = failure(fiber)
+    expect(error.reason).toBe("WalUnavailable")
+    expect(error.message).toContain("sk3:5454")
   })
 })
 
