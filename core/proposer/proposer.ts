@@ -36,6 +36,11 @@ export { ProposerError, type ProposerErrorReason, type ProposerProgress } from "
  * - after the election, a pump that moves new WAL from the WalSource into the buffer.
  * Writers read the coordinator's latest state (commit_lsn, truncate_lsn, peers) but never
  * change it; everything runs on one thread, so they see it between two events.
+ *
+ * Not done (the C walproposer does): hot standby and pageserver feedback in AppendResponses are
+ * ignored (no backpressure from the pageserver, no replication slots); there is no graceful
+ * shutdown beyond the final broadcast; the WAL of a term that precedes the buffer is always read
+ * from a peer, never from local storage.
  */
 
 export interface ProposerOptions extends ProposerConfigInput {
@@ -100,6 +105,7 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
   const uncommittedBytesMax = options.uncommittedBytesMax ?? Math.min(UNCOMMITTED_BYTES_MAX_DEFAULT, walBufferBytesMax)
   assert(uncommittedBytesMax > 0 && uncommittedBytesMax <= walBufferBytesMax, "uncommitted WAL fits the buffer")
   assert(options.totalBytes === undefined || options.totalBytes >= 0, "a WAL total is not negative")
+  assert(options.totalBytes === undefined || options.walSource !== undefined || config.syncSafekeepers, "a WAL total needs a WAL source")
   const transport = yield* SafekeeperTransport
   const log = yield* Log
   const events = yield* Queue.bounded<ProposerEvent>(EVENT_QUEUE_LENGTH_MAX)
@@ -199,17 +205,19 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
   const runConnection = (connection: Connection) => {
     const { slot, connectionNo } = connection
     const address = config.safekeepers[slot]!
-    return Effect.acquireUseRelease(
-      // Timeline creation is for the legacy world; with generations the storage controller creates it.
-      transport.open(address, { tenantId, timelineId, allowTimelineCreation: config.mconf.generation === INVALID_GENERATION }),
-      (link) =>
-        Effect.gen(function* () {
-          yield* offer({ _tag: "Connected", slot, connectionNo })
-          yield* Effect.forkChild(runWriter(connection, link))
-          // Reads until the connection fails or is interrupted.
-          return yield* Effect.forever(Effect.flatMap(link.receive, (message) => offer({ _tag: "Received", slot, connectionNo, message })))
-        }),
-      (link) => link.close
+    // Timeline creation is for the legacy world; with generations the storage controller creates it.
+    const open = transport.open(address, { tenantId, timelineId, allowTimelineCreation: config.mconf.generation === INVALID_GENERATION })
+    const use = (link: SafekeeperLink) =>
+      Effect.gen(function* () {
+        yield* offer({ _tag: "Connected", slot, connectionNo })
+        yield* Effect.forkChild(runWriter(connection, link))
+        // Reads until the connection fails or is interrupted.
+        return yield* Effect.forever(Effect.flatMap(link.receive, (message) => offer({ _tag: "Received", slot, connectionNo, message })))
+      })
+    // The connect itself stays interruptible (a connection timeout interrupts a hung connect);
+    // once it returned, the link is closed however the connection ends.
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(restore(open), (link) => restore(use(link)).pipe(Effect.ensuring(link.close)))
     ).pipe(
       Effect.catch((error: LinkError) => offer({ _tag: "LinkFailed", slot, connectionNo, reason: error.reason, message: error.message }))
     )

@@ -65,14 +65,22 @@ export function makeWalReader(options: WalReaderOptions): WalReader {
   })
 
   const openStream = (fromLsn: Lsn, address: string) =>
-    Effect.gen(function* () {
-      yield* closeStream
-      stream = yield* SafekeeperTransport.use((transport) =>
-        transport.streamWal(address, { tenantId: options.tenantId, timelineId: options.timelineId, startLsn: fromLsn, term: options.term })
+    Effect.andThen(
+      closeStream,
+      // Interruptible while connecting; once open, the stream is remembered (and so closed later).
+      Effect.uninterruptibleMask((restore) =>
+        Effect.map(
+          restore(SafekeeperTransport.use((transport) =>
+            transport.streamWal(address, { tenantId: options.tenantId, timelineId: options.timelineId, startLsn: fromLsn, term: options.term })
+          )),
+          (opened) => {
+            stream = opened
+            streamLsn = fromLsn
+            streamPeer = address
+          }
+        )
       )
-      streamLsn = fromLsn
-      streamPeer = address
-    })
+    )
 
   /** The next chunk of the open stream, checked to continue where the last one ended. */
   const pull = Effect.gen(function* () {
