@@ -1,5 +1,6 @@
 import { makeAcceptorStorageScenario } from "./acceptor-storage.js"
 import { makeAppendLogScenario } from "./append-log.js"
+import { makeSafekeeperClusterScenario } from "./safekeeper-cluster.js"
 import type { Scenario } from "./scenario.js"
 
 /** Every named scenario. Planted-bug variants exist to prove the checkers can fail. */
@@ -7,6 +8,7 @@ export const SCENARIOS: ReadonlyArray<Scenario> = [
   makeAppendLogScenario("none"),
   makeAcceptorStorageScenario("none"),
   makeAcceptorStorageScenario("no-fsync"),
+  makeSafekeeperClusterScenario(),
   makeAppendLogScenario("ack-before-fsync"),
   makeAppendLogScenario("wall-clock"),
   makeAppendLogScenario("global-counter")

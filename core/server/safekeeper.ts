@@ -1,6 +1,6 @@
 import { Effect, Result, Schema } from "effect"
 import type { NodeId } from "../acceptor/state.js"
-import { Disk, type DiskError, joinPath } from "../io/disk.js"
+import { Disk, type DiskError, joinPath, parentPath } from "../io/disk.js"
 import { type Log, logInfo, logWarn } from "../io/log.js"
 import { Net, type NetError } from "../io/net.js"
 import { NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
@@ -71,6 +71,8 @@ const checkNodeId = (config: SafekeeperConfig): Effect.Effect<void, DiskError | 
   Effect.gen(function* () {
     const disk = yield* Disk
     yield* disk.mkdir(config.datadir)
+    // A data directory we just created must survive a crash with everything in it.
+    if (!config.noSync) yield* disk.syncDirectory(parentPath(config.datadir))
     const path = joinPath(config.datadir, NODE_ID_FILE_NAME)
     const existing = yield* Effect.result(disk.readFile(path))
     if (Result.isSuccess(existing)) {

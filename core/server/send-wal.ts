@@ -21,8 +21,7 @@ import type { ChannelError, CopyChannel } from "./copy-channel.js"
  * The WAL sender of one START_REPLICATION connection (Neon's `send_wal.rs`, reference §9;
  * seed 000 is its ancestor). It streams XLogData chunks of at most MAX_SEND_SIZE that never
  * cross a segment, up to commit_lsn, or, in term mode (`(term='N')`, used by peers and the
- * walproposer to fetch uncommitted WAL), up to flush_lsn while the acceptor's term and
- * last_log_term stay N. It waits on the timeline's watched positions instead of polling, sends
+ * walproposer to fetch uncommitted WAL), up to flush_lsn while the acceptor's term stays N. It waits on the timeline's watched positions instead of polling, sends
  * a keepalive after a second without WAL and whenever the client asks for a reply, and records
  * the client's feedback ('r', 'h', 'z') on its sender entry.
  */
@@ -38,7 +37,7 @@ export class SendError extends Schema.TaggedError<SendError>()("SendError", {
 
 export interface SendOptions {
   readonly startLsn: Lsn
-  /** Term mode: stream flushed (uncommitted) WAL while our term and last_log_term are this. */
+  /** Term mode: stream flushed (uncommitted) WAL while our term is this. */
   readonly term: Term | undefined
   readonly applicationName: string
   readonly kind: WalSenderKind
@@ -51,11 +50,14 @@ export type SendEnd = "ClientDone" | "TermChanged" | "ClientGone"
 export function checkStart(timeline: Timeline, options: Pick<SendOptions, "startLsn" | "term">): SendError | undefined {
   const positions = timeline.positions.get()
   const persisted = timeline.persisted
-  if (options.term !== undefined && (positions.term !== options.term || positions.lastLogTerm !== options.term)) {
+  // Our term is N once we voted for N: from then on only term N's ProposerElected may truncate
+  // our WAL, and never below our flush_lsn (its start point for us). So the stream may begin
+  // before that Elected arrives (last_log_term still older), as Neon's walsender allows.
+  if (options.term !== undefined && positions.term !== options.term) {
     return new SendError({
       reason: "TermChanged",
       code: "XX000",
-      message: `requested term ${options.term}, but term is ${positions.term} and last_log_term ${positions.lastLogTerm}`
+      message: `requested term ${options.term}, but term is ${positions.term}`
     })
   }
   const end = endOf(positions, options.term)
@@ -104,7 +106,7 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
         if (control.ended !== undefined) return control.ended
         const positions = timeline.positions.get()
         if (positions.stopped) return yield* new SendError({ reason: "Stopped", code: "XX000", message: "timeline stopped after a storage failure" })
-        if (options.term !== undefined && (positions.term !== options.term || positions.lastLogTerm !== options.term)) return "TermChanged" as const
+        if (options.term !== undefined && positions.term !== options.term) return "TermChanged" as const
         const end = endOf(positions, options.term)
         if (end <= position) {
           if (control.replyRequested) {
