@@ -50,8 +50,8 @@ const DATADIR = "/data"
 const TIMELINE_DIR = `${DATADIR}/${TENANT}/${TIMELINE}`
 const SEGMENT_BYTES = 1024 * 1024
 const SYSTEM_ID = 0x5a17_5eed_0000_0002n
-const FAULT_PHASE_US = 4_000_000
-const LIVENESS_PHASE_US = 6_000_000
+const FAULT_PHASE_US = 3_000_000
+const LIVENESS_PHASE_US = 5_000_000
 /** After faults stop: commits must resume and every safekeeper must reach the commit within this. */
 const CATCH_UP_US = 5_000_000
 
@@ -110,8 +110,9 @@ function runCluster(name: string, seed: number, options: ScenarioRunOptions): Sc
     writeLatencyUs: [5, 50],
     fsyncLatencyUs: [100, swarm.level("slow-fsync") === "frequent" ? 10_000 : 1_000]
   }
-  const rateBytesPerSecond = swarm.level("wal-rate") === "frequent" ? 2 * 1024 * 1024 : 512 * 1024
-  const messageBytes = swarm.level("big-records") === "off" ? 100 : 3000
+  const rateBytesPerSecond = swarm.level("wal-rate") === "frequent" ? 1024 * 1024 : 256 * 1024
+  // Small records cross pages often; large ones span pages and, now and then, segments.
+  const messageBytes = swarm.level("big-records") === "off" ? 200 : 20_000
   const config = swarm.describe()
   const ledger = new Ledger()
   const marks = new Set<string>()
@@ -296,6 +297,8 @@ function tapLayer(
   violation: (who: string, message: string) => void
 ): Layer.Layer<SafekeeperTransport, never, SafekeeperTransport> {
   let term: number | undefined
+  /** flush_lsn each safekeeper reported with its vote to this run. */
+  const voteFlush = new Map<string, number>()
   const sent = (address: string, message: ProposerMessage) => {
     if (!life.alive) return
     switch (message._tag) {
@@ -309,7 +312,8 @@ function tapLayer(
           ledger.elections++
           onElected(message.term, message.termHistory, ledger, violation)
         }
-        if (message.startStreamingAt < (ledger.flushByTerm.get(message.term)?.get(address) ?? 0)) marks.add("truncated-tail")
+        // The safekeeper holds WAL past where this term starts streaming to it: a tail is cut.
+        if (message.startStreamingAt < (voteFlush.get(address) ?? 0)) marks.add("truncated-tail")
         return
       }
       case "AppendRequest": {
@@ -335,6 +339,7 @@ function tapLayer(
   }
   const received = (address: string, message: AcceptorMessage) => {
     if (!life.alive) return
+    if (message._tag === "VoteResponse") voteFlush.set(address, message.flushLsn)
     if (message._tag === "VoteResponse" && message.voteGiven) {
       ledger.grantedTerm.set(address, Math.max(ledger.grantedTerm.get(address) ?? 0, message.term))
     }
