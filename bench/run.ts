@@ -6,7 +6,8 @@ const only = process.argv[2]
 const benches: ReadonlyArray<readonly [string, () => void | Promise<void>]> = [
   ["kernel", benchKernel],
   ["seeds", benchSeeds],
-  ["wal", async () => (await import("./wal.js")).benchWal()]
+  ["wal", async () => (await import("./wal.js")).benchWal()],
+  ["service", async () => (await import("./service.js")).benchService()]
 ]
 for (const [name, bench] of benches) {
   if (only !== undefined && only !== name) continue
