@@ -1,4 +1,4 @@
-import { Deferred, Duration, Effect, Fiber, Queue } from "effect"
+import { Cause, Deferred, Duration, Effect, Fiber, Queue } from "effect"
 import { assert, assertNever } from "../assert.js"
 import { INVALID_GENERATION, type Term } from "../acceptor/state.js"
 import { monotonicUs, sleepUs } from "../io/clock.js"
@@ -115,6 +115,11 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
   let buffer: WalBuffer | undefined
 
   const offer = (event: ProposerEvent) => Effect.asVoid(Queue.offer(events, event))
+  // A defect in any child fiber (a broken invariant) ends the whole proposer with it, instead
+  // of leaving a writer or the pump silently dead while the coordinator goes on.
+  const childDefect = yield* Deferred.make<never>()
+  const supervised = <A, E, R>(child: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.tapCause(child, (cause) => (Cause.hasDies(cause) ? Deferred.failCause(childDefect, Cause.die(Cause.squash(cause))) : Effect.void))
 
   let transition = start(config, yield* monotonicUs)
   let state: ProposerState = transition.state
@@ -210,7 +215,7 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
     const use = (link: SafekeeperLink) =>
       Effect.gen(function* () {
         yield* offer({ _tag: "Connected", slot, connectionNo })
-        yield* Effect.forkChild(runWriter(connection, link))
+        yield* Effect.forkChild(supervised(runWriter(connection, link)))
         // Reads until the connection fails or is interrupted.
         return yield* Effect.forever(Effect.flatMap(link.receive, (message) => offer({ _tag: "Received", slot, connectionNo, message })))
       })
@@ -281,7 +286,7 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
             const commands = yield* Queue.bounded<WriterCommand>(WRITER_COMMANDS_MAX)
             const connection: Connection = { slot: action.slot, connectionNo: action.connectionNo, commands, pokePending: false, fiber: undefined }
             connections.set(action.slot, connection)
-            connection.fiber = yield* Effect.forkChild(runConnection(connection))
+            connection.fiber = yield* Effect.forkChild(supervised(runConnection(connection)))
             break
           }
           case "Send": {
@@ -313,7 +318,7 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
             const walBuffer = new WalBuffer(action.election.propTermStartLsn, walBufferBytesMax)
             buffer = walBuffer
             if (!config.syncSafekeepers && options.walSource !== undefined) {
-              yield* Effect.forkChild(runPump(action.election, action.donorAddress, options.walSource, walBuffer))
+              yield* Effect.forkChild(supervised(runPump(action.election, action.donorAddress, options.walSource, walBuffer)))
             }
             break
           }
@@ -341,7 +346,7 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
   let outcome: Outcome | undefined = yield* apply(transition.actions)
   // One pass per event, until the machine finishes or steps down.
   while (outcome === undefined) {
-    const event = yield* Queue.take(events)
+    const event = yield* Effect.raceFirst(Queue.take(events), Deferred.await(childDefect))
     const nowUs = yield* monotonicUs
     const commitBefore = state.commitLsn
     transition = step(config, state, event, nowUs)
