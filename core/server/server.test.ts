@@ -17,7 +17,8 @@ import {
   type ProposerMessage
 } from "../protocol/consensus.js"
 import { encodeCopyDone, encodeSslRequest, encodeStartupMessage, encodeTerminate } from "../protocol/pg-wire.js"
-import { decodeWalSenderMessage, encodeStandbyStatusUpdate } from "../protocol/replication.js"
+import { decodeWalSenderMessage, encodeHotStandbyFeedback, encodeNeonFeedback, encodeStandbyStatusUpdate } from "../protocol/replication.js"
+import { EMPTY_PAGESERVER_FEEDBACK } from "../protocol/pageserver-feedback.js"
 import { WalGenerator } from "../wal/generator.js"
 import { formatLsn, Lsn } from "../wal/lsn.js"
 import { messageFor, TEST_SYSTEM_ID } from "../wal/wal-testing.js"
@@ -55,6 +56,55 @@ const nextReply = (client: RawClient) =>
     const decoded = decodeAcceptorMessage(message.data)
     if (Result.isFailure(decoded)) return yield* Effect.fail(new Error(decoded.failure.message))
     return decoded.success as AcceptorMessage
+  })
+
+/** Greeting, vote, elected and appends of real WAL on one push connection. */
+const electAndAppend = (client: RawClient, generator: WalGenerator, records: number) =>
+  Effect.gen(function* () {
+    yield* client.write(encodeQueryText("START_WAL_PUSH (proto_version '3', allow_timeline_creation 'true')"))
+    const copyBoth = yield* client.next
+    if (copyBoth?._tag !== "CopyBothResponse") return yield* Effect.fail(new Error(`no CopyBoth: ${JSON.stringify(copyBoth)}`))
+    yield* client.copyData(encodeProposerMessage(greeting()))
+    const hello = yield* nextReply(client)
+    if (hello._tag !== "AcceptorGreeting") return yield* Effect.fail(new Error("no greeting"))
+    const term = Term(hello.term + 1)
+    yield* client.copyData(encodeProposerMessage({ _tag: "VoteRequest", generation: Generation(0), term }))
+    const vote = yield* nextReply(client)
+    if (vote._tag !== "VoteResponse" || !vote.voteGiven) return yield* Effect.fail(new Error("no vote"))
+    yield* client.copyData(encodeProposerMessage({
+      _tag: "ProposerElected",
+      generation: Generation(0),
+      term,
+      startStreamingAt: START,
+      termHistory: [{ term, lsn: START }]
+    }))
+    const pieces: Uint8Array[] = []
+    for (let i = 0; i < records; i++) pieces.push(generator.appendLogicalMessage("t", messageFor(i, 3000 + i * 17)).bytes)
+    const wal = concatBytes(pieces)
+    let flushLsn = 0
+    for (let offset = 0; offset < wal.byteLength; offset += 100_000) {
+      const chunk = wal.subarray(offset, Math.min(wal.byteLength, offset + 100_000))
+      yield* client.copyData(encodeProposerMessage({
+        _tag: "AppendRequest",
+        generation: Generation(0),
+        term,
+        beginLsn: Lsn(START + offset),
+        endLsn: Lsn(START + offset + chunk.byteLength),
+        commitLsn: Lsn(flushLsn),
+        truncateLsn: Lsn(0),
+        walData: chunk
+      }))
+    }
+    const end = START + wal.byteLength
+    while (flushLsn < end) {
+      const reply = yield* nextReply(client)
+      if (reply._tag === "AppendResponse") flushLsn = reply.flushLsn
+    }
+    // An empty append carries the commit (the quorum is this one safekeeper).
+    yield* client.copyData(encodeProposerMessage({
+      _tag: "AppendRequest", generation: Generation(0), term, beginLsn: Lsn(end), endLsn: Lsn(end), commitLsn: Lsn(end), truncateLsn: Lsn(0), walData: new Uint8Array(0)
+    }))
+    return { wal, end, term }
   })
 
 describe("startup", () => {
@@ -139,55 +189,6 @@ describe("commands", () => {
 })
 
 describe("push and stream", () => {
-  /** Greeting, vote, elected and appends of real WAL on one push connection. */
-  const electAndAppend = (client: RawClient, generator: WalGenerator, records: number) =>
-    Effect.gen(function* () {
-      yield* client.write(encodeQueryText("START_WAL_PUSH (proto_version '3', allow_timeline_creation 'true')"))
-      const copyBoth = yield* client.next
-      if (copyBoth?._tag !== "CopyBothResponse") return yield* Effect.fail(new Error(`no CopyBoth: ${JSON.stringify(copyBoth)}`))
-      yield* client.copyData(encodeProposerMessage(greeting()))
-      const hello = yield* nextReply(client)
-      if (hello._tag !== "AcceptorGreeting") return yield* Effect.fail(new Error("no greeting"))
-      const term = Term(hello.term + 1)
-      yield* client.copyData(encodeProposerMessage({ _tag: "VoteRequest", generation: Generation(0), term }))
-      const vote = yield* nextReply(client)
-      if (vote._tag !== "VoteResponse" || !vote.voteGiven) return yield* Effect.fail(new Error("no vote"))
-      yield* client.copyData(encodeProposerMessage({
-        _tag: "ProposerElected",
-        generation: Generation(0),
-        term,
-        startStreamingAt: START,
-        termHistory: [{ term, lsn: START }]
-      }))
-      const pieces: Uint8Array[] = []
-      for (let i = 0; i < records; i++) pieces.push(generator.appendLogicalMessage("t", messageFor(i, 3000 + i * 17)).bytes)
-      const wal = concatBytes(pieces)
-      let flushLsn = 0
-      for (let offset = 0; offset < wal.byteLength; offset += 100_000) {
-        const chunk = wal.subarray(offset, Math.min(wal.byteLength, offset + 100_000))
-        yield* client.copyData(encodeProposerMessage({
-          _tag: "AppendRequest",
-          generation: Generation(0),
-          term,
-          beginLsn: Lsn(START + offset),
-          endLsn: Lsn(START + offset + chunk.byteLength),
-          commitLsn: Lsn(flushLsn),
-          truncateLsn: Lsn(0),
-          walData: chunk
-        }))
-      }
-      const end = START + wal.byteLength
-      while (flushLsn < end) {
-        const reply = yield* nextReply(client)
-        if (reply._tag === "AppendResponse") flushLsn = reply.flushLsn
-      }
-      // An empty append carries the commit (the quorum is this one safekeeper).
-      yield* client.copyData(encodeProposerMessage({
-        _tag: "AppendRequest", generation: Generation(0), term, beginLsn: Lsn(end), endLsn: Lsn(end), commitLsn: Lsn(end), truncateLsn: Lsn(0), walData: new Uint8Array(0)
-      }))
-      return { wal, end, term }
-    })
-
   test("WAL pushed and committed streams back byte for byte from START_REPLICATION; bad starts are refused", () => {
     const { value } = run(Effect.gen(function* () {
       const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
@@ -268,6 +269,51 @@ describe("push and stream", () => {
       _tag: "AppendResponse", generation: 0, term: value.term, flushLsn: 0, commitLsn: 0, hsFeedback: EMPTY_HOT_STANDBY_FEEDBACK, pageserverFeedback: undefined
     })
     expect(value.status[0]?.[0]).toBe(formatLsn(value.end))
+  })
+})
+
+describe("feedback", () => {
+  test("standby feedback reaches AppendResponses, pageserver feedback is re-sent with the last one, idle streams get keepalives", () => {
+    const { value } = run(Effect.gen(function* () {
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const pusher = yield* RawClient.session(SK, timelineOptions())
+      const { end, term } = yield* electAndAppend(pusher, generator, 4)
+      const standby = yield* RawClient.session(SK, { ...timelineOptions(), application_name: "standby1" })
+      yield* standby.write(encodeQueryText(`START_REPLICATION ${formatLsn(START)} TIMELINE 1`))
+      yield* standby.next
+      // Idle once caught up: a keepalive asking for a reply comes within about a second.
+      let keepalive: boolean | undefined
+      for (let i = 0; i < 50 && keepalive === undefined; i++) {
+        const message = yield* standby.next
+        if (message?._tag !== "CopyData") break
+        const decoded = decodeWalSenderMessage(message.data)
+        if (Result.isSuccess(decoded) && decoded.success._tag === "PrimaryKeepalive") keepalive = decoded.success.replyRequested
+      }
+      yield* standby.copyData(encodeHotStandbyFeedback({ sendTimeUs: 777, xmin: 756n, catalogXmin: 0n }))
+      // One more append: its reply carries the standby's xmin.
+      const more = generator.appendLogicalMessage("t", messageFor(99, 500)).bytes
+      yield* pusher.copyData(encodeProposerMessage({
+        _tag: "AppendRequest", generation: Generation(0), term, beginLsn: Lsn(end), endLsn: Lsn(end + more.byteLength), commitLsn: Lsn(end), truncateLsn: Lsn(0), walData: more
+      }))
+      let withXmin: AcceptorMessage | undefined
+      for (let i = 0; i < 20 && withXmin === undefined; i++) {
+        const reply = yield* nextReply(pusher)
+        if (reply._tag === "AppendResponse" && reply.flushLsn === end + more.byteLength) withXmin = reply
+      }
+      const pageserver = yield* RawClient.session(SK, { ...timelineOptions(), application_name: "pageserver" })
+      yield* pageserver.write(encodeQueryText(`START_REPLICATION ${formatLsn(START)} TIMELINE 1`))
+      yield* pageserver.next
+      yield* pageserver.copyData(encodeNeonFeedback({ ...EMPTY_PAGESERVER_FEEDBACK, lastReceivedLsn: Lsn(end), remoteConsistentLsn: Lsn(end) }))
+      let withFeedback: AcceptorMessage | undefined
+      for (let i = 0; i < 20 && withFeedback === undefined; i++) {
+        const reply = yield* nextReply(pusher)
+        if (reply._tag === "AppendResponse" && reply.pageserverFeedback !== undefined) withFeedback = reply
+      }
+      return { keepalive, withXmin, withFeedback, end }
+    }))
+    expect(value.keepalive).toBe(true)
+    expect(value.withXmin?._tag === "AppendResponse" && value.withXmin.hsFeedback).toEqual({ tsUs: 777, xmin: 756n, catalogXmin: 0n })
+    expect(value.withFeedback?._tag === "AppendResponse" && value.withFeedback.pageserverFeedback?.remoteConsistentLsn).toBe(value.end)
   })
 })
 
