@@ -521,7 +521,7 @@ describe("greeting", () => {
     expect(bench.run(acceptor.handle(greeting({ mconf: joint })))).toMatchObject({ mconf: joint })
   })
 
-  test("checks the server and ids; a new system id is persisted, 0 is ignored", () => {
+  test("checks the server and ids; another system id is refused, 0 is ignored", () => {
     const { bench, acceptor } = startNode()
     expect(bench.error(acceptor.handle(greeting({ pgVersion: 160002 })))).toMatchObject({ reason: "IncompatiblePgVersion" })
     expect(bench.error(acceptor.handle(greeting({ tenantId: TenantId("1".repeat(32)) })))).toMatchObject({ reason: "TenantMismatch" })
@@ -529,8 +529,9 @@ describe("greeting", () => {
     expect(bench.error(acceptor.handle(greeting({ walSegSizeBytes: 2 * SEGMENT_BYTES })))).toMatchObject({ reason: "WalSegSizeMismatch" })
     bench.run(acceptor.handle(greeting({ systemId: 0n })))
     expect(bench.loadState().server.systemId).toBe(TEST_SYSTEM_ID)
-    bench.run(acceptor.handle(greeting({ systemId: 99n, pgVersion: 150007 })))
-    expect(bench.loadState().server).toEqual({ pgVersion: 150007, systemId: 99n, walSegSizeBytes: SEGMENT_BYTES })
+    const before = bench.loadState()
+    expect(bench.error(acceptor.handle(greeting({ systemId: 99n, pgVersion: 150007 })))).toMatchObject({ reason: "SystemIdMismatch" })
+    expect(bench.loadState()).toEqual(before)
   })
 })
 

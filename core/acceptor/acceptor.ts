@@ -51,6 +51,7 @@ export const AcceptorErrorReason = Schema.Literals([
   "TenantMismatch",
   "TimelineMismatch",
   "WalSegSizeMismatch",
+  "SystemIdMismatch", // greeting: another nonzero PostgreSQL system id than the timeline's
   "NotAMember", // greeting: a newer configuration that does not include us
   "InvalidMessage", // a configuration or term history that breaks its own rules
   "GenerationMismatch", // vote, elected or append for another configuration
@@ -157,7 +158,12 @@ export function decideGreeting(state: AcceptorSnapshot, greeting: ProposerGreeti
   if (adoptConfiguration && !isMember(greeting.mconf, state.nodeId)) {
     return refuse("NotAMember", `generation ${greeting.mconf.generation} does not include node ${state.nodeId}`)
   }
-  // sync-safekeepers does not know the system id and sends 0.
+  // sync-safekeepers does not know the system id and sends 0. Another nonzero id is another
+  // PostgreSQL cluster: its WAL must not join ours (Neon adopts it with a warning; the segment
+  // store would then refuse our own long page headers). A timeline not knowing its id adopts one.
+  if (greeting.systemId !== 0n && stored.server.systemId !== 0n && greeting.systemId !== stored.server.systemId) {
+    return refuse("SystemIdMismatch", `system id ${greeting.systemId}, but this timeline holds WAL of system ${stored.server.systemId}`)
+  }
   const adoptSystemId = greeting.systemId !== 0n && greeting.systemId !== stored.server.systemId
   // Every check is done before anything is persisted, so a refused greeting changes nothing
   // (Neon persists the system id before the membership check).

@@ -272,6 +272,47 @@ describe("push and stream", () => {
   })
 })
 
+describe("bad greetings", () => {
+  test("a bad pg_version or another system id ends the push with an error and changes nothing", () => {
+    const { value } = run(Effect.gen(function* () {
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const pusher = yield* RawClient.session(SK, timelineOptions())
+      const { end, term } = yield* electAndAppend(pusher, generator, 3)
+      const refusals: Array<ReturnType<typeof errorOf>> = []
+      // PostgreSQL 9.0 cannot even be encoded: patch its pg_version into a valid greeting (after
+      // the tag, two 33-byte ids and an empty 12-byte configuration).
+      const ancient = encodeProposerMessage(greeting())
+      new DataView(ancient.buffer, ancient.byteOffset).setUint32(1 + 33 + 33 + 12, 90000)
+      for (const bad of [ancient, encodeProposerMessage({ ...greeting(), pgVersion: 160002 } as ProposerMessage), encodeProposerMessage({ ...greeting(), systemId: 42n } as ProposerMessage)]) {
+        const client = yield* RawClient.session(SK, timelineOptions())
+        yield* client.write(encodeQueryText("START_WAL_PUSH (proto_version '3', allow_timeline_creation 'true')"))
+        yield* client.next
+        yield* client.copyData(bad)
+        refusals.push(errorOf(yield* client.readUntil(() => false)))
+      }
+      const status = rowsOf(yield* (yield* RawClient.session(SK, timelineOptions())).query("TIMELINE_STATUS"))
+      const identify = rowsOf(yield* (yield* RawClient.session(SK, timelineOptions())).query("IDENTIFY_SYSTEM"))
+      return { refusals, status, identify, end, term }
+    }))
+    expect(value.refusals.map((r) => r?.message)).toEqual([
+      expect.stringMatching(/pg_version|malformed/i),
+      expect.stringMatching(/IncompatiblePgVersion/),
+      expect.stringMatching(/SystemIdMismatch/)
+    ])
+    expect(value.status[0]?.[0]).toBe(formatLsn(value.end))
+    expect(value.identify[0]?.[0]).toBe(TEST_SYSTEM_ID.toString())
+  })
+
+  test("startup options naming only one of tenant_id and timeline_id are refused", () => {
+    const { value } = run(Effect.gen(function* () {
+      const bad = yield* RawClient.connect(SK)
+      yield* bad.write(encodeStartupMessage([["user", "x"], ["options", `-c tenant_id=${TEST_TENANT}`]]))
+      return yield* bad.readUntil(() => false)
+    }))
+    expect(errorOf(value)).toMatchObject({ severity: "FATAL", code: "08P01" })
+  })
+})
+
 describe("feedback", () => {
   test("standby feedback reaches AppendResponses, pageserver feedback is re-sent with the last one, idle streams get keepalives", () => {
     const { value } = run(Effect.gen(function* () {
