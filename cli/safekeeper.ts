@@ -23,10 +23,12 @@ export function registerSafekeeperCommand(program: Command): void {
     .option("-n, --no-sync", "skip fsyncs (tests and benchmarks only: acknowledged WAL can be lost)")
     .action(async (options: { id: number; datadir: string; listenPg: string; listenHttp?: string; sync: boolean }) => {
       const nodeId = NodeId(options.id)
-      const program = Effect.scoped(Effect.gen(function* () {
-        if (options.listenHttp !== undefined) yield* serveHttpStatus(options.listenHttp, nodeId)
-        return yield* runSafekeeper({ nodeId, datadir: options.datadir, listenPg: options.listenPg, noSync: !options.sync })
-      }))
+      const listenHttp = options.listenHttp
+      const program = Effect.scoped(runSafekeeper(
+        { nodeId, datadir: options.datadir, listenPg: options.listenPg, noSync: !options.sync },
+        // /v1/status answers only once timelines are loaded and the pg port listens.
+        () => (listenHttp === undefined ? Effect.void : Effect.asVoid(serveHttpStatus(listenHttp, nodeId)))
+      ))
       process.exitCode = await runMain(program, liveLayer(), { name: "sk safekeeper" })
     })
 }

@@ -10,7 +10,8 @@ import { fileURLToPath } from "node:url"
  * safekeeper is a separate `sk safekeeper` process on a free port with its own data directory,
  * started and stopped by process id. Killing one with SIGKILL is a real kill -9.
  */
-export const SK_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..", "bin", "sk.js")
+/** bin/sk.js, found upward from this module: it runs from dist/live/ and, under vitest, from live/. */
+export const SK_BIN = findUpward(path.dirname(fileURLToPath(import.meta.url)), path.join("bin", "sk.js"))
 export const READY_TIMEOUT_MS = 20_000
 
 export interface SafekeeperProcess {
@@ -144,5 +145,13 @@ function tail(file: string): string {
     return fs.readFileSync(file, "utf8").split("\n").slice(-20).join("\n")
   } catch {
     return ""
+  }
+}
+
+function findUpward(start: string, relative: string): string {
+  for (let directory = start; ; directory = path.dirname(directory)) {
+    const candidate = path.join(directory, relative)
+    if (fs.existsSync(candidate)) return candidate
+    if (path.dirname(directory) === directory) throw new Error(`${relative} not found above ${start}`)
   }
 }

@@ -1,8 +1,8 @@
-import { Cause, Deferred, Duration, Effect, Fiber, Queue } from "effect"
+import { Cause, Deferred, Duration, Effect, Fiber, Queue, Result } from "effect"
 import { assert, assertNever } from "../assert.js"
 import { INVALID_GENERATION, type Term } from "../acceptor/state.js"
 import { monotonicUs, sleepUs } from "../io/clock.js"
-import { Log, logWarn } from "../io/log.js"
+import { Log } from "../io/log.js"
 import type { AppendRequest, ProposerMessage } from "../protocol/consensus.js"
 import { formatLsn, Lsn } from "../wal/lsn.js"
 import {
@@ -66,6 +66,8 @@ export interface ProposerResult {
   readonly truncateLsn: Lsn
 }
 
+/** Tries to read the record before the term start (its xl_prev) before stepping down. */
+export const LAST_RECORD_ATTEMPTS_MAX = 3
 /** Events waiting for the coordinator; producers wait when it is full. */
 export const EVENT_QUEUE_LENGTH_MAX = 1024
 /** A writer gets at most a greeting, a vote request, Elected, Stream, a poke and Final per connection. */
@@ -246,8 +248,10 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
       const timelineStartLsn = election.termHistory[0]!.lsn
       let prevLsn: Lsn | undefined
       if (startLsn > timelineStartLsn) {
-        // A compute knows the last record from its basebackup; we read it from the donor.
-        prevLsn = yield* lastRecordStart({
+        // A compute knows the last record from its basebackup; we read it from the donor. A
+        // wrong xl_prev would be refused by any safekeeper whose decoder knows the previous
+        // record, so a failed read is retried, then the proposer steps down (never guesses).
+        const lookup = lastRecordStart({
           tenantId,
           timelineId,
           term: state.propTerm,
@@ -256,10 +260,20 @@ export const runProposer = Effect.fn("Proposer.run")(function* (
           lowestLsn: timelineStartLsn,
           segmentSizeBytes: config.walSegSizeBytes
         })
-        if (prevLsn === undefined) {
-          // The acceptor checks only CRCs and page headers, so the WAL stays acceptable; a
-          // Postgres replaying it would stop at the first new record.
-          yield* logWarn("proposer could not find the last record before the term start: xl_prev 0", { start: formatLsn(startLsn), donor: donorAddress })
+        let failure: string | undefined
+        for (let attempt = 1; attempt <= LAST_RECORD_ATTEMPTS_MAX; attempt++) {
+          const outcome = yield* Effect.result(lookup)
+          if (Result.isSuccess(outcome)) {
+            prevLsn = outcome.success
+            failure = prevLsn === undefined ? `no record ends at the term start ${formatLsn(startLsn)}` : undefined
+            break
+          }
+          failure = `${outcome.failure._tag}: ${outcome.failure.message}`
+          if (outcome.failure._tag === "WalUnavailable") break
+          yield* sleepUs(config.reconnectTimeoutUs)
+        }
+        if (failure !== undefined) {
+          return yield* offer({ _tag: "WalUnavailable", slot: election.donorSlot, lsn: startLsn, message: `the last record before the term start: ${failure}` })
         }
       }
       const source = yield* factory({ startLsn, prevLsn })

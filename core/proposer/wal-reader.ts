@@ -5,7 +5,7 @@ import { type Log, logWarn } from "../io/log.js"
 import { MAX_SEND_SIZE_BYTES } from "../protocol/consensus.js"
 import { WalDecoder } from "../wal/decoder.js"
 import { formatLsn, Lsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
-import { type LinkError, SafekeeperTransport, type WalStream, type WalStreamChunk } from "./transport.js"
+import { LinkError, SafekeeperTransport, type WalStream, type WalStreamChunk } from "./transport.js"
 import type { WalBuffer } from "./wal-buffer.js"
 
 /**
@@ -146,14 +146,18 @@ export function makeWalReader(options: WalReaderOptions): WalReader {
   }
 }
 
-/** How far back from the term start the proposer looks for the last record (its first xl_prev). */
+/** How far back from the term start the proposer first looks for the last record (its first xl_prev). */
 export const LAST_RECORD_LOOKBACK_BYTES = 8 * XLOG_BLCKSZ_BYTES
+/** Each retry looks this many times further back, down to the timeline start. */
+const LOOKBACK_GROWTH = 8
 
 /**
- * The start of the last record that ends (aligned) at `endLsn`, read from a peer's WAL from at
- * most LAST_RECORD_LOOKBACK_BYTES before it (never below `lowestLsn`, a record start): the
- * first new record's xl_prev. Undefined when the peer cannot stream it or the last record
- * begins before the lookback window; the caller then writes xl_prev = 0 (see proposer.ts).
+ * The start of the record that ends at `endLsn` (the term start), read from a peer holding our
+ * log (Neon's compute knows it from its basebackup). The first new record's xl_prev must be
+ * exactly this: a safekeeper whose decoder knows the previous record refuses anything else.
+ * Looks back a window, then wider ones down to `lowestLsn`; undefined only when no record ends
+ * at `endLsn` at all (the term starts at the timeline's first record). A failed stream is a
+ * LinkError: the caller retries or steps down, never guesses.
  */
 export const lastRecordStart = Effect.fn("WalReader.lastRecordStart")(function* (options: {
   readonly tenantId: TenantId
@@ -163,32 +167,39 @@ export const lastRecordStart = Effect.fn("WalReader.lastRecordStart")(function* 
   readonly endLsn: Lsn
   readonly lowestLsn: Lsn
   readonly segmentSizeBytes: number
-}): Effect.fn.Return<Lsn | undefined, never, SafekeeperTransport> {
+}): Effect.fn.Return<Lsn | undefined, LinkError | WalUnavailable, SafekeeperTransport> {
   const { endLsn } = options
   if (endLsn <= options.lowestLsn) return undefined
-  const pageStart = Math.floor(Math.max(0, endLsn - LAST_RECORD_LOOKBACK_BYTES) / XLOG_BLCKSZ_BYTES) * XLOG_BLCKSZ_BYTES
-  const fromLsn = Lsn(Math.max(pageStart, options.lowestLsn))
-  const made = WalDecoder.make({ startLsn: fromLsn, segmentSizeBytes: options.segmentSizeBytes })
-  if (Result.isFailure(made)) return undefined
-  const decoder = made.success
-  let found: Lsn | undefined
   const transport = yield* SafekeeperTransport
-  const scanned = yield* Effect.acquireUseRelease(
-    transport.streamWal(options.peer, { tenantId: options.tenantId, timelineId: options.timelineId, startLsn: fromLsn, term: options.term }),
-    (stream) =>
-      Effect.gen(function* () {
-        // One pass per chunk; the window is at most LAST_RECORD_LOOKBACK_BYTES + a page.
-        while (decoder.position < endLsn && decoder.error === undefined) {
-          const chunk = yield* stream.next
-          if (chunk === undefined || chunk.bytes.byteLength === 0 || chunk.startLsn !== decoder.position) return false
-          const bytes = chunk.bytes.subarray(0, Math.min(chunk.bytes.byteLength, endLsn - chunk.startLsn))
-          const count = decoder.scan(bytes)
-          const ends = decoder.recordEnds
-          for (let i = 0; i < count; i++) if (ends.nextLsn(i) === endLsn) found = ends.startLsn(i)
-        }
-        return decoder.error === undefined
-      }),
-    (stream) => stream.close
-  ).pipe(Effect.catch(() => Effect.succeed(false)))
-  return scanned ? found : undefined
+  // One pass per window; windows grow geometrically, so a handful reach any timeline start.
+  for (let lookbackBytes = LAST_RECORD_LOOKBACK_BYTES; ; lookbackBytes *= LOOKBACK_GROWTH) {
+    const pageStart = Math.floor(Math.max(0, endLsn - lookbackBytes) / XLOG_BLCKSZ_BYTES) * XLOG_BLCKSZ_BYTES
+    const fromLsn = Lsn(Math.max(pageStart, options.lowestLsn))
+    const made = WalDecoder.make({ startLsn: fromLsn, segmentSizeBytes: options.segmentSizeBytes })
+    if (Result.isFailure(made)) return yield* new WalUnavailable({ lsn: fromLsn, message: `cannot decode from ${formatLsn(fromLsn)}: ${made.failure.message}` })
+    const decoder = made.success
+    let found: Lsn | undefined
+    yield* Effect.acquireUseRelease(
+      transport.streamWal(options.peer, { tenantId: options.tenantId, timelineId: options.timelineId, startLsn: fromLsn, term: options.term }),
+      (stream) =>
+        Effect.gen(function* () {
+          // One pass per chunk, until the decoder reaches the term start.
+          while (decoder.position < endLsn && decoder.error === undefined) {
+            const chunk = yield* stream.next
+            if (chunk === undefined || chunk.bytes.byteLength === 0 || chunk.startLsn !== decoder.position) {
+              return yield* new LinkError({ address: options.peer, reason: "Closed", message: `WAL stream ended at ${formatLsn(decoder.position)} before ${formatLsn(endLsn)}` })
+            }
+            const bytes = chunk.bytes.subarray(0, Math.min(chunk.bytes.byteLength, endLsn - chunk.startLsn))
+            const count = decoder.scan(bytes)
+            const ends = decoder.recordEnds
+            for (let i = 0; i < count; i++) if (ends.nextLsn(i) === endLsn) found = ends.startLsn(i)
+          }
+        }),
+      (stream) => stream.close
+    )
+    if (decoder.error !== undefined) {
+      return yield* new WalUnavailable({ lsn: decoder.position, message: `the peer's WAL does not decode before the term start: ${String(decoder.error)}` })
+    }
+    if (found !== undefined || fromLsn <= options.lowestLsn) return found
+  }
 })

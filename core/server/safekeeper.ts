@@ -38,14 +38,18 @@ export interface RunningSafekeeper {
  * Starts the node (node id file, timelines, listener) and serves until interrupted; closing
  * the scope closes the listener and interrupts connections, whose durable steps run to their end.
  */
-export const runSafekeeper = (config: SafekeeperConfig, onReady?: (running: RunningSafekeeper) => void) =>
+export const runSafekeeper = <E = never, R = never>(
+  config: SafekeeperConfig,
+  /** Runs once timelines are loaded and the listener is bound (e.g. starts the HTTP status, so it never says "up" early). */
+  onReady?: (running: RunningSafekeeper) => Effect.Effect<void, E, R>
+) =>
   Effect.gen(function* () {
     yield* checkNodeId(config)
     const registry = yield* TimelineRegistry.load({ datadir: config.datadir, nodeId: config.nodeId, noSync: config.noSync })
     const net = yield* Net
     const listener = yield* Effect.acquireRelease(net.listen(config.listenPg), (l) => l.close)
     yield* logInfo("safekeeper listening", { id: config.nodeId, listen_pg: listener.address, timelines: registry.list().length })
-    onReady?.({ registry, address: listener.address })
+    if (onReady !== undefined) yield* onReady({ registry, address: listener.address })
     let active = 0
     let nextConnectionId = 1
     const connectionCountMax = config.connectionCountMax ?? CONNECTION_COUNT_MAX_DEFAULT
