@@ -29,7 +29,7 @@ export const KEEPALIVE_INTERVAL_US = 1 * US_PER_SECOND
 assert(MAX_SEND_SIZE_BYTES % XLOG_BLCKSZ_BYTES === 0, "a send chunk is whole pages")
 
 export class SendError extends Schema.TaggedError<SendError>()("SendError", {
-  reason: Schema.Literals(["StartAhead", "StartBeforeTimeline", "TermChanged", "Malformed", "Stopped"]),
+  reason: Schema.Literals(["StartAhead", "StartBeforeTimeline", "TermChanged", "Malformed", "Stopped", "CaughtUp"]),
   /** SQLSTATE for the ErrorResponse. */
   code: Schema.String,
   message: Schema.String
@@ -117,7 +117,20 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
           const walMoved = timeline.positions.waitUntil((p) => endOf(p, options.term) > position || p.term !== positions.term || p.stopped)
           const woke = yield* Effect.raceFirst(Effect.as(walMoved, "wal" as const), Effect.as(control.events.nextChange, "client" as const))
             .pipe(Effect.timeoutOption(`${KEEPALIVE_INTERVAL_US / 1000} millis`))
-          if (woke._tag === "None") yield* sendKeepalive(channel, endOf(timeline.positions.get(), options.term))
+          if (woke._tag === "None") {
+            // Neon ends an idle pageserver stream once the pageserver has everything committed
+            // and no compute pushes: it reconnects when WAL comes (it matches "ending streaming").
+            const now = timeline.positions.get()
+            if (options.term === undefined && sender.pageserverFeedback !== undefined && timeline.walReceivers().length === 0 &&
+              (now.commitLsn === 0 || now.remoteConsistentLsn >= now.commitLsn)) {
+              return yield* new SendError({
+                reason: "CaughtUp",
+                code: "57P01",
+                message: `ending streaming to ${options.applicationName}: receiver is caughtup and there is no computes`
+              })
+            }
+            yield* sendKeepalive(channel, endOf(now, options.term))
+          }
           continue
         }
         // Up to 128 KiB, whole pages unless it reaches the end, never across a segment.

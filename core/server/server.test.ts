@@ -358,6 +358,25 @@ describe("feedback", () => {
   })
 })
 
+describe("pageserver", () => {
+  test("an idle pageserver stream that has everything ends once no compute pushes", () => {
+    const { value } = run(Effect.gen(function* () {
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const pusher = yield* RawClient.session(SK, timelineOptions())
+      const { end } = yield* electAndAppend(pusher, generator, 3)
+      const pageserver = yield* RawClient.session(SK, { ...timelineOptions(), application_name: "pageserver" })
+      // Wait for the commit to be visible, then stream and report it all consistent remotely.
+      for (let i = 0; i < 100 && rowsOf(yield* pageserver.query("TIMELINE_STATUS"))[0]?.[1] !== formatLsn(end); i++) yield* Effect.void
+      yield* pageserver.write(encodeQueryText(`START_REPLICATION ${formatLsn(START)} TIMELINE 1`))
+      yield* pageserver.next
+      yield* pageserver.copyData(encodeNeonFeedback({ ...EMPTY_PAGESERVER_FEEDBACK, lastReceivedLsn: Lsn(end), remoteConsistentLsn: Lsn(end) }))
+      yield* pusher.close
+      return errorOf(yield* pageserver.readUntil((m) => m._tag === "ErrorResponse"))
+    }))
+    expect(value?.message).toMatch(/ending streaming/)
+  })
+})
+
 describe("garbage", () => {
   test("random byte streams never crash the server, which then serves a good client", () => {
     fc.assert(fc.property(fc.array(fc.uint8Array({ minLength: 0, maxLength: 300 }), { minLength: 1, maxLength: 6 }), fc.boolean(), (chunks, withStartup) => {
