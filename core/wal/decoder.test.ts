@@ -3,7 +3,11 @@
 // valid WAL, never throwing. Method: WAL from our generator (which pg_waldump accepts, see
 // wal.slow.test.ts) and a real PostgreSQL 15 segment start; fast-check for chunkings,
 // truncations, single-byte corruptions and random garbage; hand-made corruptions for each
-// stop reason, including a recycled segment (pageaddr of an older segment).
+// stop reason, including a recycled segment (pageaddr of an older segment). The
+// allocation-free `scan` (the ingest path) is held to `push` (the materialising path): the
+// same record starts, ends and next starts, the same stop and the same decoder state, on
+// generated WAL (page- and segment-spanning records, XLOG_SWITCH) chunked at random, whole,
+// truncated, corrupted or garbage; every hand-made stop below is checked on both paths.
 import { createHash } from "node:crypto"
 import { Result } from "effect"
 import fc from "fast-check"
@@ -15,7 +19,8 @@ import {
   SIZE_OF_XLOG_SHORT_PHD_BYTES,
   standardPageHeaderSizeBytes,
   XLP_FIRST_IS_CONTRECORD,
-  XLP_FIRST_IS_OVERWRITE_CONTRECORD
+  XLP_FIRST_IS_OVERWRITE_CONTRECORD,
+  XLP_LONG_HEADER
 } from "./page.js"
 import { REAL_PG15_SEGMENT_START, REAL_PG15_SYSTEM_ID } from "./real-wal.fixture.js"
 import { logicalMessageLengthForRecord } from "./generator.js"
@@ -27,6 +32,52 @@ const PAGE = XLOG_BLCKSZ_BYTES
 
 function makeDecoder(options: Partial<WalDecoderOptions> & { startLsn: Lsn }): WalDecoder {
   return Result.getOrThrow(WalDecoder.make({ segmentSizeBytes: SEGMENT, ...options }))
+}
+
+type Boundary = readonly [startLsn: number, endLsn: number, nextLsn: number]
+
+/** What `scan` reports, chunk by chunk, as one list. */
+function scanAll(decoder: WalDecoder, bytes: Uint8Array, chunkSizes: ReadonlyArray<number> = [bytes.length]): Boundary[] {
+  const boundaries: Boundary[] = []
+  let offset = 0
+  let turn = 0
+  // Each pass scans at least one byte.
+  while (offset < bytes.length) {
+    const size = Math.max(1, chunkSizes[turn++ % chunkSizes.length]!)
+    const count = decoder.scan(bytes.subarray(offset, offset + size))
+    const ends = decoder.recordEnds
+    // (No expect per chunk: chunks may be single bytes over whole segments.)
+    if (ends.count !== count) throw new Error(`scan returned ${count}, recordEnds.count is ${ends.count}`)
+    for (let index = 0; index < count; index++) boundaries.push([ends.startLsn(index), ends.endLsn(index), ends.nextLsn(index)])
+    offset += size
+  }
+  return boundaries
+}
+
+const boundaryOf = (record: WalRecord): Boundary => [record.startLsn, record.endLsn, record.nextLsn]
+
+/** Everything a caller can ask a decoder, to compare two that were fed the same bytes. */
+const stateOf = (decoder: WalDecoder) => ({
+  // After a stop, how far the bytes before it were read depends on the chunking, in push too.
+  position: decoder.error === undefined ? decoder.position : "stopped",
+  inRecord: decoder.error === undefined ? decoder.inRecord : "stopped",
+  nextRecordLsn: decoder.nextRecordLsn,
+  lastRecordEndLsn: decoder.lastRecordEndLsn,
+  reason: decoder.error?.reason,
+  lsn: decoder.error?.lsn,
+  message: decoder.error?.message,
+  pgVersion: decoder.pgVersion,
+  systemId: decoder.systemId
+})
+
+/** Pushes and scans the same bytes (chunked differently) and requires the same outcome. */
+function expectScanMatchesPush(options: Partial<WalDecoderOptions> & { startLsn: Lsn }, bytes: Uint8Array, pushChunkSizes: ReadonlyArray<number>, scanChunkSizes: ReadonlyArray<number>): WalRecord[] {
+  const pushing = makeDecoder(options)
+  const records = decodeAll(pushing, bytes, pushChunkSizes)
+  const scanning = makeDecoder(options)
+  expect(scanAll(scanning, bytes, scanChunkSizes)).toEqual(records.map(boundaryOf))
+  expect(stateOf(scanning)).toEqual(stateOf(pushing))
+  return records
 }
 
 function decodeAll(decoder: WalDecoder, bytes: Uint8Array, chunkSizes: ReadonlyArray<number> = [bytes.length]): WalRecord[] {
@@ -170,6 +221,108 @@ describe("decoding generated WAL", () => {
   })
 })
 
+describe("scan, the allocation-free path, against push", () => {
+  const options = (wal: GeneratedWal) => ({ startLsn: wal.startLsn, systemId: TEST_SYSTEM_ID, pgVersion: 15 as const, timelineId: 1 })
+
+  test("the same record boundaries and state as push and as generated, however each is chunked", () => {
+    fc.assert(fc.property(arbWal, arbChunkSizes, arbChunkSizes, (wal, pushChunkSizes, scanChunkSizes) => {
+      const records = expectScanMatchesPush(options(wal), wal.bytes, pushChunkSizes, scanChunkSizes)
+      expect(records.map(boundaryOf)).toEqual(wal.records.map((record) => [record.startLsn, record.endLsn, record.nextLsn]))
+    }), { numRuns: 150 })
+  })
+
+  test("at LSNs above 2^32 and just below 2^53 (doubles, not small integers, in V8)", () => {
+    const arbHighWal = fc.tuple(fc.constantFrom(2 ** 13 + 5, 2 ** 33 - 64), arbStart, fc.array(arbStep, { minLength: 1, maxLength: 20 }))
+      .map(([baseSegmentNo, start, steps]) => generateWal({ startLsn: Lsn(baseSegmentNo * SEGMENT + start), segmentSizeBytes: SEGMENT, steps }))
+    fc.assert(fc.property(arbHighWal, arbChunkSizes, arbChunkSizes, (wal, pushChunkSizes, scanChunkSizes) => {
+      const records = expectScanMatchesPush(options(wal), wal.bytes, pushChunkSizes, scanChunkSizes)
+      expect(records.map(boundaryOf)).toEqual(wal.records.map((record) => [record.startLsn, record.endLsn, record.nextLsn]))
+    }), { numRuns: 60 })
+  })
+
+  test("truncated: the same records and the same partial state", () => {
+    fc.assert(fc.property(arbWal, fc.double({ min: 0, max: 1, noNaN: true }), arbChunkSizes, arbChunkSizes, (wal, fraction, pushChunkSizes, scanChunkSizes) => {
+      const cut = Math.floor(wal.bytes.length * fraction)
+      expectScanMatchesPush(options(wal), wal.bytes.subarray(0, cut), pushChunkSizes, scanChunkSizes)
+    }), { numRuns: 100 })
+  })
+
+  test("a corrupted byte anywhere (headers, bodies, page headers): the same prefix and the same stop", () => {
+    fc.assert(fc.property(arbWal, fc.nat(), fc.integer({ min: 1, max: 255 }), arbChunkSizes, arbChunkSizes, (wal, at, xor, pushChunkSizes, scanChunkSizes) => {
+      const bytes = new Uint8Array(wal.bytes.length + 2 * PAGE)
+      bytes.set(wal.bytes)
+      bytes[at % wal.bytes.length]! ^= xor
+      expectScanMatchesPush(options(wal), bytes, pushChunkSizes, scanChunkSizes)
+    }), { numRuns: 300 })
+  })
+
+  test("garbage: never a throw, and the same outcome", () => {
+    fc.assert(fc.property(fc.uint8Array({ minLength: 0, maxLength: 3 * PAGE }), arbStart, arbChunkSizes, arbChunkSizes, (garbage, startLsn, pushChunkSizes, scanChunkSizes) => {
+      expectScanMatchesPush({ startLsn }, garbage, pushChunkSizes, scanChunkSizes)
+    }), { numRuns: 300 })
+  })
+
+  test("XLOG_SWITCH: the switch's next start is the next segment, and padding is skipped", () => {
+    // Switches back to back, at the start of a segment and after a page-spanning record.
+    const wal = generateWal({
+      startLsn: Lsn(SEGMENT + 40),
+      segmentSizeBytes: SEGMENT,
+      steps: [{ kind: "message", messageBytes: 100 }, { kind: "switch" }, { kind: "switch" }, { kind: "message", messageBytes: 3 * PAGE }, { kind: "switch" }, { kind: "message", messageBytes: 10 }]
+    })
+    // (Byte-sized chunks are in the properties; here they would crawl through three segments of padding.)
+    for (const chunkSizes of [[1000], [4096], [PAGE], [SEGMENT], [wal.bytes.length]]) {
+      const decoder = makeDecoder(options(wal))
+      const boundaries = scanAll(decoder, wal.bytes, chunkSizes)
+      expect(boundaries.map(([, , next]) => next)).toEqual(wal.records.map((record) => record.nextLsn))
+      expect(boundaries[1]![2]).toBe(2 * SEGMENT)
+      expect(boundaries[2]![0]).toBe(2 * SEGMENT + SIZE_OF_XLOG_LONG_PHD_BYTES)
+      expect(boundaries[2]![2]).toBe(3 * SEGMENT)
+      expect(boundaries[4]![2]).toBe(4 * SEGMENT)
+      expect(decoder.error).toBeUndefined()
+    }
+  })
+
+  test("push and scan may alternate wherever no record is half read by scan", () => {
+    fc.assert(fc.property(arbWal, arbChunkSizes, fc.array(fc.boolean(), { minLength: 1, maxLength: 8 }), (wal, chunkSizes, usePush) => {
+      const expected = decodeAll(makeDecoder(options(wal)), wal.bytes).map(boundaryOf)
+      const decoder = makeDecoder(options(wal))
+      const found: Boundary[] = []
+      let offset = 0
+      let turn = 0
+      let lastWasScan = false
+      // Each pass feeds at least one byte.
+      while (offset < wal.bytes.length) {
+        const chunk = wal.bytes.subarray(offset, offset + Math.max(1, chunkSizes[turn % chunkSizes.length]!))
+        // A record that scan began has no kept bytes, so push may not finish it.
+        const push: boolean = usePush[turn % usePush.length]! && !(lastWasScan && decoder.inRecord)
+        if (push) {
+          found.push(...decoder.push(chunk).map(boundaryOf))
+        } else {
+          const count = decoder.scan(chunk)
+          for (let index = 0; index < count; index++) found.push([decoder.recordEnds.startLsn(index), decoder.recordEnds.endLsn(index), decoder.recordEnds.nextLsn(index)])
+        }
+        lastWasScan = !push && (lastWasScan || decoder.inRecord)
+        offset += chunk.length
+        turn++
+      }
+      expect(found).toEqual(expected)
+      expect(decoder.error).toBeUndefined()
+    }), { numRuns: 100 })
+  })
+
+  test("push refuses to finish a record that scan began, and record ends outside the last scan are refused", () => {
+    const wal = generateWal({ startLsn: Lsn(SEGMENT + 40), segmentSizeBytes: SEGMENT, steps: [{ kind: "message", messageBytes: 100 }, { kind: "message", messageBytes: 2 * PAGE }] })
+    const decoder = makeDecoder({ startLsn: wal.startLsn })
+    const spanning = wal.records[1]!
+    expect(decoder.scan(wal.bytes.subarray(0, spanning.startLsn - wal.startLsn + 100))).toBe(1)
+    expect(decoder.inRecord).toBe(true)
+    expect(() => decoder.push(wal.bytes.subarray(spanning.startLsn - wal.startLsn + 100))).toThrow(/scan keeps no record bytes/)
+    expect(() => decoder.recordEnds.endLsn(1)).toThrow(/within the last scan/)
+    expect(decoder.scan(wal.bytes.subarray(spanning.startLsn - wal.startLsn + 100))).toBe(1)
+    expect(decoder.recordEnds.endLsn(0)).toBe(spanning.endLsn)
+  })
+})
+
 describe("real PostgreSQL 15 WAL", () => {
   test("the first three records initdb wrote", () => {
     const decoder = Result.getOrThrow(WalDecoder.make({ startLsn: Lsn(0x1000000), segmentSizeBytes: 16 * 1024 * 1024, systemId: REAL_PG15_SYSTEM_ID, pgVersion: 15 }))
@@ -183,6 +336,9 @@ describe("real PostgreSQL 15 WAL", () => {
     expect(records[2]!.nextLsn).toBe(0x1000150)
     expect(decoder.pgVersion).toBe(15)
     expect(decoder.systemId).toBe(REAL_PG15_SYSTEM_ID)
+    for (const chunkSizes of [[7], [1], [REAL_PG15_SEGMENT_START.length]]) {
+      expectScanMatchesPush({ startLsn: Lsn(0x1000000), segmentSizeBytes: 16 * 1024 * 1024, systemId: REAL_PG15_SYSTEM_ID, pgVersion: 15 }, REAL_PG15_SEGMENT_START, [7], chunkSizes)
+    }
   })
 
   test("refuses another version's magic and another system id", () => {
@@ -216,6 +372,8 @@ describe("stop reasons", () => {
   function stop(bytes: Uint8Array, options: Partial<WalDecoderOptions> = {}): { reason: WalDecodeErrorReason | undefined; lsn: number | undefined; records: number } {
     const decoder = makeDecoder({ startLsn: start, ...options })
     const records = decodeAll(decoder, bytes, [3000])
+    // The allocation-free path stops at the same place for the same reason, however chunked.
+    expectScanMatchesPush({ startLsn: start, ...options }, bytes, [3000], [5, 8192, 100_000])
     return { reason: decoder.error?.reason, lsn: decoder.error?.lsn, records: records.length }
   }
   const corrupt = (edit: (bytes: Uint8Array, view: DataView) => void) => {
@@ -249,6 +407,30 @@ describe("stop reasons", () => {
     expect(stop(corrupt((bytes, view) => view.setUint16(at(nextPage) + 2, 0, true)))).toMatchObject({ reason: "MissingContrecord", lsn: nextPage, records: 1 })
     expect(stop(corrupt((bytes, view) => view.setUint32(at(nextPage) + 16, 5, true)))).toMatchObject({ reason: "BadContrecordLength", lsn: nextPage, records: 1 })
     expect(stop(corrupt((bytes, view) => view.setUint32(at(nextPage) + 16, 0, true)))).toMatchObject({ reason: "BadContrecordLength" })
+  })
+
+  test("every page header check holds on a segment's inner pages too (short headers)", () => {
+    // Inner pages take a shortcut when the header is as expected; each condition of that
+    // shortcut is broken alone here, and the full check must name it. The page is the second
+    // header read (decoding starts after the long header), so the first set what is expected.
+    const pageLsn = SEGMENT + 2 * PAGE
+    expect(wal.records[1]!.startLsn).toBeLessThan(pageLsn)
+    expect(wal.records[1]!.endLsn).toBeGreaterThan(pageLsn)
+    const page = at(pageLsn)
+    const expected = (reason: WalDecodeErrorReason) => ({ reason, lsn: pageLsn, records: 1 })
+    expect(stop(corrupt((bytes, view) => view.setUint32(page + 8, pageLsn + PAGE, true)))).toEqual(expected("BadPageAddress"))
+    expect(stop(corrupt((bytes, view) => view.setUint32(page + 12, 1, true)))).toEqual(expected("BadPageAddress"))
+    expect(stop(corrupt((bytes, view) => view.setUint16(page, 0xd113, true)))).toEqual(expected("BadMagic"))
+    expect(stop(corrupt((bytes, view) => view.setUint16(page, 0x1234, true)))).toEqual(expected("BadMagic"))
+    expect(stop(corrupt((bytes, view) => view.setUint16(page + 2, XLP_FIRST_IS_CONTRECORD | 0x10, true)))).toEqual(expected("BadPageInfo"))
+    expect(stop(corrupt((bytes, view) => view.setUint32(page + 4, 2, true)), { timelineId: 1 })).toEqual(expected("BadTimeline"))
+    expect(stop(corrupt((bytes, view) => view.setUint32(page + 4, 0, true)))).toEqual(expected("BadTimeline"))
+    // A long header on an inner page is read as one (Postgres allows it) and its fields checked.
+    expect(stop(corrupt((bytes, view) => view.setUint16(page + 2, XLP_FIRST_IS_CONTRECORD | XLP_LONG_HEADER, true)), { systemId: TEST_SYSTEM_ID })).toEqual(expected("BadSystemId"))
+    // A later timeline is fine without a required one, and is then the least the rest may have.
+    expect(stop(corrupt((bytes, view) => view.setUint32(page + 4, 2, true)))).toMatchObject({ reason: "BadTimeline", lsn: pageLsn + PAGE })
+    // A segment's first page needs the long header.
+    expect(stop(corrupt((bytes, view) => view.setUint16(at(2 * SEGMENT) + 2, XLP_FIRST_IS_CONTRECORD, true)))).toMatchObject({ reason: "BadPageInfo", lsn: 2 * SEGMENT })
   })
 
   test("a page claiming a continuation where a record should start", () => {
