@@ -2,7 +2,7 @@ import { Effect, Result, Semaphore } from "effect"
 import { assert } from "../assert.js"
 import { type WalPositions, type WalStorage, WalStorageError, type WalStorageErrorReason } from "../acceptor/wal-storage.js"
 import { type DirectoryEntry, Disk, DiskError, type DiskFile, joinPath } from "../io/disk.js"
-import { isValidDecoderStart, WalDecoder, type WalRecord } from "./decoder.js"
+import { isValidDecoderStart, type RecordEnds, WalDecoder } from "./decoder.js"
 import { WalGenerator } from "./generator.js"
 import {
   formatLsn,
@@ -205,13 +205,15 @@ export class SegmentStore implements WalStorage {
         decoder = restarted
         this.decoder = decoder
       }
-      // Decode before writing: bytes that are not valid WAL change nothing on disk.
-      const records = decoder.push(bytes)
+      // Decode before writing: bytes that are not valid WAL change nothing on disk. scan
+      // finds the record ends without materialising records (nothing allocated per record).
+      decoder.scan(bytes)
       if (decoder.error !== undefined) {
         this.decoder = undefined
         return yield* walError("InvalidWal", `refused write at ${formatLsn(startLsn)}: ${decoder.error.message}`)
       }
-      yield* this.writeSegments(startLsn, bytes, records).pipe(
+      // The ends stay valid until the decoder's next scan, which the lock keeps after this write.
+      yield* this.writeSegments(startLsn, bytes, decoder.recordEnds).pipe(
         Effect.tapError(() =>
           Effect.sync(() => {
             // The positions say what was certainly written; the decoder is past that.
@@ -362,7 +364,7 @@ export class SegmentStore implements WalStorage {
   // ---------------------------------------------------------------- writing
 
   /** Writes `bytes` at `startLsn` segment by segment, moving the positions as pieces land. */
-  private writeSegments(startLsn: number, bytes: Uint8Array, records: ReadonlyArray<WalRecord>) {
+  private writeSegments(startLsn: number, bytes: Uint8Array, records: RecordEnds) {
     return Effect.gen({ self: this }, function* () {
       const segmentSize = this.segmentSizeBytes
       let position = startLsn
@@ -380,12 +382,12 @@ export class SegmentStore implements WalStorage {
         position += take
         this.writeLsn = position
         // Per record, not per byte: a record counts as written once its last byte is.
-        while (endedIndex < records.length && records[endedIndex]!.endLsn <= position) {
-          this.writeRecordLsn = records[endedIndex]!.nextLsn
+        while (endedIndex < records.count && records.endLsn(endedIndex) <= position) {
+          this.writeRecordLsn = records.nextLsn(endedIndex)
           endedIndex++
         }
-        while (boundaryIndex < records.length && records[boundaryIndex]!.nextLsn <= position) {
-          this.writtenBoundaryLsn = records[boundaryIndex]!.nextLsn
+        while (boundaryIndex < records.count && records.nextLsn(boundaryIndex) <= position) {
+          this.writtenBoundaryLsn = records.nextLsn(boundaryIndex)
           boundaryIndex++
         }
         // An XLOG_SWITCH written earlier becomes a boundary once its padding is all here.
@@ -607,7 +609,7 @@ const discoverEnd = Effect.fnUntraced(function* (disk: Disk["Service"], config: 
       while (at < limitBytes && decoder.error === undefined) {
         const chunk = yield* file.read(at, Math.min(DISCOVERY_READ_CHUNK_BYTES, limitBytes - at))
         if (chunk.length === 0) break
-        decoder.push(chunk)
+        decoder.scan(chunk)
         at += chunk.length
       }
       yield* stopOnSyncFailure(file.datasync)
