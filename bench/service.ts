@@ -1,15 +1,16 @@
 import { spawn, spawnSync } from "node:child_process"
-import { closeSync, fdatasyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs"
+import { closeSync, fdatasyncSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from "node:fs"
+import { connect } from "node:net"
 import { cpus, loadavg, tmpdir } from "node:os"
 import { join } from "node:path"
 import { Cause, Duration, Effect, Exit, Layer, Option } from "effect"
-import type { WalStreamChunk } from "../core/proposer/transport.js"
 import { TenantId, TimelineId } from "../core/acceptor/state.js"
 import { assert } from "../core/assert.js"
 import { concatBytes } from "../core/bytes.js"
 import { defaultInitialLsn } from "../core/proposer/machine.js"
 import { pgTransportLayer } from "../core/proposer/pg-transport.js"
 import { type ProposerProgress, runProposer } from "../core/proposer/proposer.js"
+import type { WalStreamChunk } from "../core/proposer/transport.js"
 import { syntheticWalSource, type WalSource, type WalSourceFactory } from "../core/proposer/wal-source.js"
 import { DEFAULT_WAL_SEGMENT_SIZE_BYTES, formatLsn, Lsn, segmentFileName, segmentNoOf, segmentStartLsn } from "../core/wal/lsn.js"
 import { liveLayer } from "../live/layer.js"
@@ -29,7 +30,8 @@ import { pgBinary, type PostgresCluster, startPostgres } from "../live/testing/p
  * produced it to the first onProgress whose commit_lsn covers its end; at the offered load a
  * chunk counts as produced when it was due (so a stalled pipeline is charged for the wait, not
  * excused by it), as fast as possible when the proposer took it. Baseline: a loop of 8 KiB
- * write + fdatasync on a file in the same temp dir, the floor under any durable commit here.
+ * write + fdatasync into a preallocated file in the same temp dir, measured before and after
+ * the ingest rows: the floor under any durable commit on this disk.
  *
  * Send: `pg_receivewal` streams SEND_BYTES of committed WAL from one safekeeper, and the same
  * amount from a throwaway PostgreSQL 15 primary's own walsender, alternating, best of
@@ -45,7 +47,7 @@ const SEGMENT_BYTES = DEFAULT_WAL_SEGMENT_SIZE_BYTES
 const MIB = 1024 * 1024
 const FSYNC_PROBE_BLOCK_BYTES = 8192
 const FSYNC_PROBE_DURATION_MS = 2_000
-/** Stops the probe early on a disk so slow that 2 s would mean millions of files' worth of ops. */
+/** Caps the samples kept on a disk whose cache acknowledges fdatasync at once. */
 const FSYNC_PROBE_OPS_MAX = 1_000_000
 const INGEST_DURATION_MS = 10_000
 /** Election, the last commits and the push end, beyond the ingest duration. */
@@ -64,6 +66,8 @@ assert(PREGENERATED_BYTES >= (PACED_RATE_BYTES_PER_SECOND * INGEST_DURATION_MS) 
 const SEND_ROUNDS = 3
 const SEND_TIMEOUT_MS = 120_000
 const TOP_UP_TIMEOUT_MS = 300_000
+const PG_LISTEN_TIMEOUT_MS = 20_000
+const PG_LISTEN_POLL_MS = 50
 /** Rows per pg_logical_emit_message statement; ~280 bytes of WAL each. */
 const PG_MESSAGES_PER_STATEMENT = 200_000
 const PG_GENERATE_STATEMENTS_MAX = 64
@@ -83,22 +87,24 @@ export async function benchService(): Promise<void> {
     printFsync("disk, before ingest", fsync)
     const generateStartedMs = performance.now()
     const wal = pregenerate(PREGENERATED_BYTES, PACED_CHUNK_BYTES_MAX)
-    console.log(`  generated ${PREGENERATED_BYTES / MIB} MiB of synthetic WAL in ${PACED_CHUNK_BYTES_MAX / 1024} KiB chunks up front (${fmtRate(PREGENERATED_BYTES / 1e6 / ((performance.now() - generateStartedMs) / 1000)).trim()}: slower than the service)`)
+    console.log(`  generated ${PREGENERATED_BYTES / MIB} MiB of synthetic WAL in ${PACED_CHUNK_BYTES_MAX / 1024} KiB chunks up front (the generator alone: ${fmtRate(PREGENERATED_BYTES / 1e6 / ((performance.now() - generateStartedMs) / 1000)).trim()})`)
 
     cluster = await LocalCluster.start({ safekeeperCount: 3, directory: join(directory, "cluster") })
     const addresses = cluster.safekeepers.map((sk) => sk.pgAddress)
+    // LocalCluster waits for the HTTP status, which listens before the pg port does.
+    for (const address of addresses) await waitForListener(address, PG_LISTEN_TIMEOUT_MS)
     const pids = cluster.safekeepers.map((sk) => sk.child?.pid ?? 0)
 
     console.log(`  ingest, up to ${INGEST_DURATION_MS / 1000} s per row, ~${SYNTHETIC_MESSAGE_BYTES}-byte logical messages:`)
     const paced = await ingest({
       addresses, pids, timelineId: timelineIdOf(1),
-      source: { _tag: "Replay", wal, rateBytesPerSecond: PACED_RATE_BYTES_PER_SECOND, chunkGroupCount: 1 },
+      source: { wal, rateBytesPerSecond: PACED_RATE_BYTES_PER_SECOND, chunkGroupCount: 1 },
       durationMs: INGEST_DURATION_MS, timeoutMs: INGEST_TIMEOUT_MS
     })
     printIngest(`offered ${PACED_RATE_BYTES_PER_SECOND / MIB} MiB/s, ${PACED_CHUNK_BYTES_MAX / 1024} KiB chunks`, paced)
     const fast = await ingest({
       addresses, pids, timelineId: timelineIdOf(2),
-      source: { _tag: "Replay", wal, rateBytesPerSecond: 0, chunkGroupCount: FAST_CHUNK_GROUP_COUNT },
+      source: { wal, rateBytesPerSecond: 0, chunkGroupCount: FAST_CHUNK_GROUP_COUNT },
       durationMs: INGEST_DURATION_MS, timeoutMs: INGEST_TIMEOUT_MS
     })
     printIngest(`as fast as possible, ${(PACED_CHUNK_BYTES_MAX * FAST_CHUNK_GROUP_COUNT) / 1024} KiB chunks`, fast)
@@ -113,7 +119,7 @@ export async function benchService(): Promise<void> {
       console.log(`  (the fast row committed under ${SEND_BYTES / MIB} MiB: pushing all ${PREGENERATED_BYTES / MIB} MiB to a fresh timeline for the send rows)`)
       send = await ingest({
         addresses, pids, timelineId: timelineIdOf(3),
-        source: { _tag: "Replay", wal, rateBytesPerSecond: 0, chunkGroupCount: FAST_CHUNK_GROUP_COUNT },
+        source: { wal, rateBytesPerSecond: 0, chunkGroupCount: FAST_CHUNK_GROUP_COUNT },
         durationMs: Number.POSITIVE_INFINITY, timeoutMs: TOP_UP_TIMEOUT_MS
       })
     }
@@ -170,19 +176,28 @@ interface FsyncProbe {
   readonly p99Us: number
 }
 
-/** 8 KiB write + fdatasync in a loop, appending to one file (as a WAL segment grows). */
+/**
+ * 8 KiB write + fdatasync in a loop over a segment-sized file written full of zeros and fsynced
+ * first, so each fdatasync flushes data only, with no size change to journal: the way the
+ * safekeeper (and Postgres) fill preallocated segments.
+ */
 function probeFdatasync(file: string): FsyncProbe {
   const block = Buffer.alloc(FSYNC_PROBE_BLOCK_BYTES, 0x5a)
   const fd = openSync(file, "w")
   const samplesUs: number[] = []
   try {
+    const zeros = Buffer.alloc(MIB)
+    for (let offset = 0; offset < SEGMENT_BYTES; offset += zeros.length) writeSync(fd, zeros, 0, zeros.length, offset)
+    fsyncSync(fd)
     const startedMs = performance.now()
     let nowMs = startedMs
+    let offset = 0
     // Bounded by the duration and by FSYNC_PROBE_OPS_MAX.
     while (nowMs - startedMs < FSYNC_PROBE_DURATION_MS && samplesUs.length < FSYNC_PROBE_OPS_MAX) {
       const opStartMs = nowMs
-      writeSync(fd, block)
+      writeSync(fd, block, 0, block.length, offset)
       fdatasyncSync(fd)
+      offset = (offset + block.length) % SEGMENT_BYTES
       nowMs = performance.now()
       samplesUs.push((nowMs - opStartMs) * 1000)
     }
@@ -241,9 +256,12 @@ function pregenerate(totalBytes: number, chunkBytesMax: number): PregeneratedWal
   return { startLsn, chunks }
 }
 
-type IngestSource =
-  /** Replays pregenerated chunks, `chunkGroupCount` at a time; paced when the rate is above 0. */
-  { readonly _tag: "Replay"; readonly wal: PregeneratedWal; readonly rateBytesPerSecond: number; readonly chunkGroupCount: number }
+/** Pregenerated chunks replayed `chunkGroupCount` at a time; paced when the rate is above 0. */
+interface IngestSource {
+  readonly wal: PregeneratedWal
+  readonly rateBytesPerSecond: number
+  readonly chunkGroupCount: number
+}
 
 interface IngestOptions {
   readonly addresses: ReadonlyArray<string>
@@ -283,12 +301,12 @@ async function ingest(options: IngestOptions): Promise<IngestResult> {
   const stamps: ChunkStamps = { endLsns: [], producedMs: [], head: 0, startedMs: undefined }
   const latenciesUs: number[] = []
   let lastCommitMs: number | undefined
-  const onProgress = (progress: ProposerProgress) => {
+  const noteCommit = (commitLsn: number) => {
     const { endLsns, producedMs } = stamps
-    if (stamps.head >= endLsns.length || endLsns[stamps.head]! > progress.commitLsn) return
+    if (stamps.head >= endLsns.length || endLsns[stamps.head]! > commitLsn) return
     const nowMs = performance.now()
     // One pass per chunk the new commit_lsn covers.
-    while (stamps.head < endLsns.length && endLsns[stamps.head]! <= progress.commitLsn) {
+    while (stamps.head < endLsns.length && endLsns[stamps.head]! <= commitLsn) {
       latenciesUs.push((nowMs - producedMs[stamps.head]!) * 1000)
       stamps.head++
     }
@@ -305,7 +323,7 @@ async function ingest(options: IngestOptions): Promise<IngestResult> {
     systemId: SYNTHETIC_SYSTEM_ID,
     quorumTimeoutUs: 30_000_000,
     walSource: replaySource(options.source, options.durationMs, stamps),
-    onProgress
+    onProgress: (progress: ProposerProgress) => noteCommit(progress.commitLsn)
   }).pipe(Effect.timeoutOption(Duration.millis(options.timeoutMs)))
   const exit = await Effect.runPromiseExit(Effect.provide(program, Layer.provideMerge(pgTransportLayer, liveLayer({ log: { levelMin: "warn" } }))))
   const wallMs = performance.now() - wallStartedMs
@@ -315,6 +333,8 @@ async function ingest(options: IngestOptions): Promise<IngestResult> {
   if (Exit.isFailure(exit)) throw new Error(`${what} failed:\n${Cause.pretty(exit.cause)}`)
   if (Option.isNone(exit.value)) throw new Error(`${what} did not finish within ${options.timeoutMs} ms`)
   const result = exit.value.value
+  // The proposer may finish in the same step that moved commit_lsn last, before a Progress.
+  noteCommit(result.commitLsn)
   if (stamps.startedMs === undefined || lastCommitMs === undefined) throw new Error(`${what}: nothing was committed`)
   if (stamps.head !== stamps.endLsns.length) throw new Error(`${what}: ${stamps.endLsns.length - stamps.head} chunks never seen committed (commit ${formatLsn(result.commitLsn)})`)
   const committedBytes = result.commitLsn - result.termStartLsn
@@ -458,6 +478,28 @@ function runBounded(command: string, args: ReadonlyArray<string>, timeoutMs: num
       else resolve()
     })
   })
+}
+
+/** Resolves once `address` accepts a TCP connection; polls every PG_LISTEN_POLL_MS up to `timeoutMs`. */
+async function waitForListener(address: string, timeoutMs: number): Promise<void> {
+  const deadlineMs = performance.now() + timeoutMs
+  // One pass per attempt, bounded by the deadline.
+  while (performance.now() < deadlineMs) {
+    const accepted = await new Promise<boolean>((resolve) => {
+      const socket = connect({ host: hostOf(address), port: Number(portOf(address)) })
+      socket.once("connect", () => {
+        socket.destroy()
+        resolve(true)
+      })
+      socket.once("error", () => {
+        socket.destroy()
+        resolve(false)
+      })
+    })
+    if (accepted) return
+    await new Promise((resolve) => setTimeout(resolve, PG_LISTEN_POLL_MS))
+  }
+  throw new Error(`nothing listens on ${address} after ${timeoutMs} ms`)
 }
 
 let clockTicksPerSecond: number | undefined
