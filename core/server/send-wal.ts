@@ -9,12 +9,14 @@ import { MAX_SEND_SIZE_BYTES } from "../protocol/consensus.js"
 import {
   decodeStandbyMessage,
   encodeKeepalive,
-  encodeXLogDataFrame,
-  pgTimestampUs
+  pgTimestampUs,
+  XLOG_DATA_FRAME_HEADER_BYTES,
+  writeXLogDataFrameHeader
 } from "../protocol/replication.js"
 import type { Timeline, TimelinePositions, WalSenderKind, WalSenderState } from "../timeline/timeline.js"
 import { Watch } from "../timeline/watch.js"
 import { formatLsn, Lsn, segmentNoOf, segmentStartLsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
+import { READ_HEADROOM_BYTES_MAX, SegmentStore } from "../wal/segment-store.js"
 import type { ChannelError, CopyChannel } from "./copy-channel.js"
 
 /**
@@ -24,9 +26,18 @@ import type { ChannelError, CopyChannel } from "./copy-channel.js"
  * walproposer to fetch uncommitted WAL), up to flush_lsn while the acceptor's term stays N. It waits on the timeline's watched positions instead of polling, sends
  * a keepalive after a second without WAL and whenever the client asks for a reply, and records
  * the client's feedback ('r', 'h', 'z') on its sender entry.
+ *
+ * Throughput (bench/service.ts, send). Each chunk is one allocation: the segment store reads the
+ * WAL straight into the frame, after room for its headers. While a frame is being written (a
+ * 128 KiB write waits for the socket to drain), the next chunk is already being read: at most
+ * one chunk is read ahead, cut by the same rules against the end of WAL known when it was
+ * started, and its bytes are sent only after the same term check as any other.
  */
 export const KEEPALIVE_INTERVAL_US = 1 * US_PER_SECOND
+/** Chunks read ahead of the frame being written (each at most MAX_SEND_SIZE_BYTES). */
+export const SEND_READ_AHEAD_CHUNK_COUNT_MAX = 1
 assert(MAX_SEND_SIZE_BYTES % XLOG_BLCKSZ_BYTES === 0, "a send chunk is whole pages")
+assert(XLOG_DATA_FRAME_HEADER_BYTES <= READ_HEADROOM_BYTES_MAX, "the store leaves room for a frame's headers")
 
 export class SendError extends Schema.TaggedError<SendError>()("SendError", {
   reason: Schema.Literals(["StartAhead", "StartBeforeTimeline", "TermChanged", "Malformed", "Stopped", "CaughtUp"]),
@@ -93,7 +104,6 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
     // The reader sets these; the send loop reads them between chunks.
     const control: ClientControl = { ended: undefined, replyRequested: false, events: Watch.make(0) }
     const reader = yield* Effect.forkChild(readFeedback(channel, timeline, sender, control))
-    const segmentBytes = timeline.segmentSizeBytes
     let position: number = options.startLsn
     yield* logInfo("walsender started", {
       timeline: `${timeline.key.tenantId}/${timeline.key.timelineId}`,
@@ -101,6 +111,8 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
       start_lsn: formatLsn(position),
       term: options.term
     })
+    // Chunks from `position` on, consecutive, read while earlier frames were written.
+    const ahead: Array<Reading> = []
     const result = yield* Effect.result(Effect.gen(function* () {
       while (true) {
         if (control.ended !== undefined) return control.ended
@@ -108,7 +120,7 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
         if (positions.stopped) return yield* new SendError({ reason: "Stopped", code: "XX000", message: "timeline stopped after a storage failure" })
         if (options.term !== undefined && positions.term !== options.term) return "TermChanged" as const
         const end = endOf(positions, options.term)
-        if (end <= position) {
+        if (ahead.length === 0 && end <= position) {
           if (control.replyRequested) {
             control.replyRequested = false
             yield* sendKeepalive(channel, end)
@@ -133,30 +145,47 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
           }
           continue
         }
-        // Up to 128 KiB, whole pages unless it reaches the end, never across a segment.
-        let chunkEnd = Math.min(position + MAX_SEND_SIZE_BYTES, end)
-        if (chunkEnd < end) chunkEnd -= chunkEnd % XLOG_BLCKSZ_BYTES
-        if (chunkEnd <= position) chunkEnd = Math.min(position + MAX_SEND_SIZE_BYTES, end)
-        const segmentEnd = segmentStartLsn(segmentNoOf(position, segmentBytes) + 1, segmentBytes)
-        if (chunkEnd > segmentEnd) chunkEnd = segmentEnd
-        const data = yield* timeline.read(Lsn(position), chunkEnd - position)
-        if (data.byteLength === 0) {
+        const reading = ahead.shift()
+        const chunk = reading === undefined
+          ? yield* readChunk(timeline, position, chunkEndOf(position, end, timeline.segmentSizeBytes), end)
+          : yield* Fiber.join(reading.fiber)
+        assert(chunk.startLsn === position, "the chunk read is the one at the send position")
+        const dataBytes = chunk.frame.byteLength - XLOG_DATA_FRAME_HEADER_BYTES
+        if (chunk.startLsn + dataBytes !== chunk.plannedEndLsn) {
+          // Storage held less than planned (a truncation under way): what was read after it
+          // starts in the wrong place.
+          yield* interruptAll(ahead)
+        }
+        if (dataBytes === 0) {
           // Storage holds less than flush_lsn says only while a truncation is under way.
           yield* timeline.positions.nextChange.pipe(Effect.timeoutOption(`${KEEPALIVE_INTERVAL_US / 1000} millis`))
           continue
         }
         // Term mode: the bytes are ours only if the term still holds after the read.
         if (options.term !== undefined && timeline.positions.get().term !== options.term) return "TermChanged" as const
+        const nextPosition = position + dataBytes
+        // Read the next chunks while this frame goes out. A term change meanwhile is caught by
+        // the check above before their bytes are sent.
+        const nextEnd = endOf(timeline.positions.get(), options.term)
+        let plannedLsn = ahead.at(-1)?.plannedEndLsn ?? nextPosition
+        // One pass per chunk started: at most SEND_READ_AHEAD_CHUNK_COUNT_MAX.
+        while (ahead.length < SEND_READ_AHEAD_CHUNK_COUNT_MAX && nextEnd > plannedLsn) {
+          const plannedEndLsn = chunkEndOf(plannedLsn, nextEnd, timeline.segmentSizeBytes)
+          ahead.push({ plannedEndLsn, fiber: yield* Effect.forkChild(readChunk(timeline, plannedLsn, plannedEndLsn, nextEnd)) })
+          plannedLsn = plannedEndLsn
+        }
         const sendTimeUs = pgTimestampUs(yield* nowUs)
-        yield* channel.sendFrame(encodeXLogDataFrame({ dataStartLsn: Lsn(position), walEndLsn: Lsn(end), sendTimeUs, data }))
-        position += data.byteLength
+        writeXLogDataFrameHeader(chunk.frame, { dataStartLsn: Lsn(position), walEndLsn: Lsn(chunk.walEndLsn), sendTimeUs })
+        yield* channel.sendFrame(chunk.frame)
+        position = nextPosition
         sender.sentLsn = Lsn(position)
         if (control.replyRequested) {
           control.replyRequested = false
-          yield* sendKeepalive(channel, end)
+          yield* sendKeepalive(channel, chunk.walEndLsn)
         }
       }
     }))
+    yield* interruptAll(ahead)
     yield* Fiber.interrupt(reader)
     if (Result.isFailure(result)) return yield* result.failure
     return result.success
@@ -164,6 +193,55 @@ const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState
 
 function endOf(positions: TimelinePositions, term: Term | undefined): number {
   return term === undefined ? positions.commitLsn : positions.flushLsn
+}
+
+/** Where the chunk from `position` ends: up to 128 KiB, whole pages unless it reaches `end`, never across a segment. */
+export function chunkEndOf(position: number, end: number, segmentBytes: number): number {
+  assert(end > position, "a chunk holds WAL")
+  let chunkEnd = Math.min(position + MAX_SEND_SIZE_BYTES, end)
+  if (chunkEnd < end) chunkEnd -= chunkEnd % XLOG_BLCKSZ_BYTES
+  if (chunkEnd <= position) chunkEnd = Math.min(position + MAX_SEND_SIZE_BYTES, end)
+  const segmentEnd = segmentStartLsn(segmentNoOf(position, segmentBytes) + 1, segmentBytes)
+  if (chunkEnd > segmentEnd) chunkEnd = segmentEnd
+  return chunkEnd
+}
+
+/** One XLogData frame in the making: its WAL is in place, its headers are written when it is sent. */
+interface Chunk {
+  readonly startLsn: number
+  /** Where it ends if storage holds all of it (chunkEndOf). */
+  readonly plannedEndLsn: number
+  /** The end of WAL the chunk was cut against: the frame's walEnd. */
+  readonly walEndLsn: number
+  /** XLOG_DATA_FRAME_HEADER_BYTES of room, then the WAL (none when storage holds less). */
+  readonly frame: Uint8Array
+}
+
+/** The chunk [startLsn, plannedEndLsn) (chunkEndOf against `walEndLsn`), or what storage holds of it. */
+const readChunk = (timeline: Timeline, startLsn: number, plannedEndLsn: number, walEndLsn: number): Effect.Effect<Chunk, WalStorageError | DiskError> =>
+  Effect.map(readFrame(timeline, startLsn, plannedEndLsn - startLsn), (frame) => ({ startLsn, plannedEndLsn, walEndLsn, frame }))
+
+/** A chunk being read ahead. */
+interface Reading {
+  readonly plannedEndLsn: number
+  readonly fiber: Fiber.Fiber<Chunk, WalStorageError | DiskError>
+}
+
+const interruptAll = (readings: Array<Reading>): Effect.Effect<void> =>
+  Effect.forEach(readings.splice(0), (reading) => Fiber.interrupt(reading.fiber), { discard: true })
+
+/**
+ * The WAL [position, position + length) after room for the frame's headers, in one buffer. The
+ * segment store reads it in place; any other storage is copied (tests with storage in memory).
+ */
+function readFrame(timeline: Timeline, position: number, length: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
+  const wal = timeline.wal
+  if (wal instanceof SegmentStore) return wal.readWithHeadroom(Lsn(position), length, XLOG_DATA_FRAME_HEADER_BYTES)
+  return Effect.map(timeline.read(Lsn(position), length), (data) => {
+    const frame = new Uint8Array(XLOG_DATA_FRAME_HEADER_BYTES + data.byteLength)
+    frame.set(data, XLOG_DATA_FRAME_HEADER_BYTES)
+    return frame
+  })
 }
 
 /** What the feedback reader tells the send loop; `events` ticks on each such change. */

@@ -14,15 +14,17 @@ import {
   decodeAcceptorMessage,
   EMPTY_HOT_STANDBY_FEEDBACK,
   encodeProposerMessage,
+  MAX_SEND_SIZE_BYTES,
   type ProposerMessage
 } from "../protocol/consensus.js"
 import { encodeCopyDone, encodeSslRequest, encodeStartupMessage, encodeTerminate } from "../protocol/pg-wire.js"
 import { decodeWalSenderMessage, encodeHotStandbyFeedback, encodeNeonFeedback, encodeStandbyStatusUpdate } from "../protocol/replication.js"
 import { EMPTY_PAGESERVER_FEEDBACK } from "../protocol/pageserver-feedback.js"
 import { WalGenerator } from "../wal/generator.js"
-import { formatLsn, Lsn } from "../wal/lsn.js"
+import { formatLsn, Lsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
 import { messageFor, TEST_SYSTEM_ID } from "../wal/wal-testing.js"
 import { runTestWorld } from "../../sim/world-testing.js"
+import { chunkEndOf } from "./send-wal.js"
 import { errorOf, RawClient, rowsOf, safekeeperNode, TEST_TENANT, TEST_TIMELINE, timelineOptions } from "./server-testing.js"
 import { Result } from "effect"
 
@@ -374,6 +376,120 @@ describe("pageserver", () => {
       return errorOf(yield* pageserver.readUntil((m) => m._tag === "ErrorResponse"))
     }))
     expect(value?.message).toMatch(/ending streaming/)
+  })
+})
+
+describe("send chunks", () => {
+  /** XLogData frames from `client` until `until`, checked against the chunking rules as they come. */
+  const streamUntil = (client: RawClient, from: number, until: number) =>
+    Effect.gen(function* () {
+      const received: Uint8Array[] = []
+      const broken: string[] = []
+      let position = from
+      // One pass per message: bounded by the WAL to come and the keepalives on the way.
+      for (let i = 0; position < until && i < 100_000; i++) {
+        const message = yield* client.next
+        if (message?._tag !== "CopyData") return yield* Effect.fail(new Error(`stream: ${JSON.stringify(message)}`))
+        const decoded = decodeWalSenderMessage(message.data)
+        if (Result.isFailure(decoded)) return yield* Effect.fail(new Error(decoded.failure.message))
+        if (decoded.success._tag !== "XLogData") continue
+        const { dataStartLsn, walEndLsn, data } = decoded.success
+        const dataEnd = dataStartLsn + data.byteLength
+        if (dataStartLsn !== position) broken.push(`gap at ${formatLsn(position)}`)
+        if (data.byteLength === 0 || data.byteLength > MAX_SEND_SIZE_BYTES) broken.push(`${data.byteLength} bytes at ${formatLsn(dataStartLsn)}`)
+        if (dataEnd > walEndLsn) broken.push(`past walEnd at ${formatLsn(dataStartLsn)}`)
+        if (dataEnd !== walEndLsn && dataEnd % XLOG_BLCKSZ_BYTES !== 0) broken.push(`not whole pages at ${formatLsn(dataStartLsn)}`)
+        if (Math.floor(dataStartLsn / SEGMENT_BYTES) !== Math.floor((dataEnd - 1) / SEGMENT_BYTES)) broken.push(`across a segment at ${formatLsn(dataStartLsn)}`)
+        received.push(data.slice())
+        position = dataEnd
+      }
+      return { streamed: concatBytes(received), broken }
+    })
+
+  test("chunk ends: at most 128 KiB, whole pages unless at the end, never across a segment, as long as possible", () => {
+    fc.assert(fc.property(
+      fc.constantFrom(1024 * 1024, SEGMENT_BYTES),
+      fc.integer({ min: 0, max: 2 ** 40 }),
+      fc.integer({ min: 1, max: 3 * MAX_SEND_SIZE_BYTES }),
+      (segmentBytes, position, lengthBytes) => {
+        const end = position + lengthBytes
+        const chunkEnd = chunkEndOf(position, end, segmentBytes)
+        const segmentEnd = (Math.floor(position / segmentBytes) + 1) * segmentBytes
+        expect(chunkEnd).toBeGreaterThan(position)
+        expect(chunkEnd).toBeLessThanOrEqual(Math.min(end, segmentEnd, position + MAX_SEND_SIZE_BYTES))
+        // Shorter than the cap only at the end or a segment end; else cut at the last page end.
+        if (chunkEnd !== end && chunkEnd !== segmentEnd) {
+          expect(chunkEnd % XLOG_BLCKSZ_BYTES).toBe(0)
+          expect(chunkEnd + XLOG_BLCKSZ_BYTES).toBeGreaterThan(position + MAX_SEND_SIZE_BYTES)
+        }
+      }
+    ), { numRuns: 500 })
+  })
+
+  test("a committed stream across a segment end, read ahead of the writes, keeps the chunking rules and every byte", () => {
+    const { value } = run(Effect.gen(function* () {
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const pusher = yield* RawClient.session(SK, timelineOptions())
+      // About 23 MB of WAL: through the rest of segment 1 into segment 2.
+      const { wal, end } = yield* electAndAppend(pusher, generator, 1500)
+      const reader = yield* RawClient.session(SK, { ...timelineOptions(), application_name: "pg_receivewal" })
+      for (let i = 0; i < 100 && rowsOf(yield* reader.query("IDENTIFY_SYSTEM"))[0]?.[2] !== formatLsn(end); i++) yield* Effect.void
+      // Start off a page boundary: the first chunk ends at a page end, the rest are whole pages.
+      const from = START + 1000
+      yield* reader.write(encodeQueryText(`START_REPLICATION ${formatLsn(from)} TIMELINE 1`))
+      const copyBoth = yield* reader.next
+      const { streamed, broken } = yield* streamUntil(reader, from, end)
+      yield* reader.write(encodeCopyDone())
+      const closing = yield* reader.readUntil((m) => m._tag === "ReadyForQuery")
+      return { wal, end, copyBoth, streamed, broken, closing }
+    }))
+    expect(value.end).toBeGreaterThan(2 * SEGMENT_BYTES + MAX_SEND_SIZE_BYTES)
+    expect(value.copyBoth?._tag).toBe("CopyBothResponse")
+    expect(value.broken).toEqual([])
+    expect(Buffer.from(value.streamed).equals(Buffer.from(value.wal.subarray(1000)))).toBe(true)
+    expect(value.closing.map((m) => m._tag)).toEqual(["CopyDone", "CommandComplete", "CommandComplete", "ReadyForQuery"])
+  })
+
+  test("term mode streams flushed WAL while it arrives, by the same rules, and ends when the term moves", () => {
+    const { value } = run(Effect.gen(function* () {
+      const generator = new WalGenerator({ startLsn: START, segmentSizeBytes: SEGMENT_BYTES, systemId: TEST_SYSTEM_ID, pgVersion: 15, timelineId: 1 })
+      const pusher = yield* RawClient.session(SK, timelineOptions())
+      const { wal, end, term } = yield* electAndAppend(pusher, generator, 20)
+      const peer = yield* RawClient.session(SK, { ...timelineOptions(), application_name: "peer" })
+      yield* peer.write(encodeQueryText(`START_REPLICATION PHYSICAL ${formatLsn(START)} (term='${term}')`))
+      const copyBoth = yield* peer.next
+      const parts: Uint8Array[] = []
+      const broken: string[] = []
+      let position = START as number
+      let appendedEnd = end
+      const first = yield* streamUntil(peer, position, end)
+      parts.push(first.streamed)
+      broken.push(...first.broken)
+      position = end
+      // Appends of 40 to 130 KB, each streamed before the next is sent: the end moves under
+      // chunks read ahead.
+      const more: Uint8Array[] = []
+      for (let i = 0; i < 12; i++) {
+        const bytes = concatBytes(Array.from({ length: 1 + (i % 4) * 3 }, (_, k) => generator.appendLogicalMessage("t", messageFor(100 + i * 10 + k, 9000 + k * 31)).bytes))
+        yield* pusher.copyData(encodeProposerMessage({
+          _tag: "AppendRequest", generation: Generation(0), term, beginLsn: Lsn(appendedEnd), endLsn: Lsn(appendedEnd + bytes.byteLength), commitLsn: Lsn(end), truncateLsn: Lsn(0), walData: bytes
+        }))
+        more.push(bytes)
+        appendedEnd += bytes.byteLength
+        const next = yield* streamUntil(peer, position, appendedEnd)
+        parts.push(next.streamed)
+        broken.push(...next.broken)
+        position = appendedEnd
+      }
+      // A higher term's vote: the stream ends with an error, no more WAL.
+      yield* pusher.copyData(encodeProposerMessage({ _tag: "VoteRequest", generation: Generation(0), term: Term(term + 1) }))
+      const rest = yield* peer.readUntil((m) => m._tag === "ErrorResponse")
+      return { expected: concatBytes([wal, ...more]), copyBoth, streamed: concatBytes(parts), broken, rest }
+    }))
+    expect(value.copyBoth?._tag).toBe("CopyBothResponse")
+    expect(value.broken).toEqual([])
+    expect(Buffer.from(value.streamed).equals(Buffer.from(value.expected))).toBe(true)
+    expect(errorOf(value.rest)?.message).toMatch(/term changed/)
   })
 })
 

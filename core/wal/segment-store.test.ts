@@ -157,6 +157,21 @@ function bulk(totalBytes: number, tag = "bulk", generator = generatorAt(START)) 
   return { records, bytes: concatBytes(records.map((r) => r.bytes)), generator }
 }
 
+/** Runs `body` with the Disk in context wrapped to record every open, and the ones that failed. */
+const withOpenCounts = <A, E>(body: (opens: { readonly opened: string[]; readonly failed: string[] }) => Effect.Effect<A, E, Disk>) =>
+  Effect.gen(function* () {
+    const disk = yield* Disk
+    const opens = { opened: [] as string[], failed: [] as string[] }
+    const counting = Disk.of({
+      ...disk,
+      open: (path, openOptions) => disk.open(path, openOptions).pipe(
+        Effect.tap(() => Effect.sync(() => opens.opened.push(path))),
+        Effect.tapError(() => Effect.sync(() => opens.failed.push(path)))
+      )
+    })
+    return yield* Effect.provideService(body(opens), Disk, counting)
+  })
+
 /** Byte equality without vitest's element-by-element diff (slow on megabytes). */
 function expectSameBytes(actual: Uint8Array, expected: Uint8Array): void {
   expect(actual.length).toBe(expected.length)
@@ -429,6 +444,120 @@ describe.each(["live", "sim"] as const)("segment store on the %s disk", (world) 
       expect(yield* failureOf(openSegmentStore(options(bench, commit, { segmentSizeBytes: 0x12345678 })))).toBe("Corrupt")
     }))
   })
+  test("reads keep segments open between calls, under the names the store knows: no failing open", async () => {
+    const bench = await makeBench(world)
+    const { bytes } = bulk(2.5 * SEGMENT_BYTES)
+    await bench.run(withOpenCounts((opens) => Effect.gen(function* () {
+      const store = yield* freshStore(bench)
+      const end = START + bytes.length
+      // Reads chase the writes, 128 KiB at a time, as a sender does: never past write_lsn.
+      const parts: Uint8Array[] = []
+      let readLsn: number = START
+      for (let at = 0; at < bytes.length; at += 300_000) {
+        yield* store.write(Lsn(START + at), bytes.subarray(at, Math.min(bytes.length, at + 300_000)))
+        const writeLsn = store.positions().writeLsn
+        // One pass per chunk below write_lsn.
+        while (readLsn < writeLsn) {
+          const failedBefore = opens.failed.length
+          const chunk = yield* store.read(Lsn(readLsn), 128 * 1024)
+          expect(opens.failed.length).toBe(failedBefore)
+          expect(chunk.length).toBeGreaterThan(0)
+          expect(readLsn + chunk.length).toBeLessThanOrEqual(writeLsn)
+          parts.push(chunk)
+          readLsn += chunk.length
+        }
+        expect((yield* store.read(Lsn(writeLsn), 128 * 1024)).length).toBe(0)
+      }
+      expectSameBytes(concatBytes(parts), bytes)
+      // Once more from the start: segments 2 and 3, complete, were opened under their full names
+      // once each (what was left of them after they filled); segment 4 is read through the write handle.
+      const failedBefore = opens.failed.length
+      expectSameBytes(yield* readRange(store, START, end), bytes)
+      expect(opens.failed.length).toBe(failedBefore)
+      const fullNameOpens = opens.opened.map((path) => path.split("/").at(-1)).filter((name) => name !== undefined && name.startsWith("0") && !name.endsWith(PARTIAL_SUFFIX))
+      expect(fullNameOpens).toEqual([segmentName(2, false), segmentName(3, false)])
+      yield* store.close
+    })))
+  })
+
+  test("readWithHeadroom: the WAL after the headroom, in one buffer; near a segment start; at write_lsn", async () => {
+    const bench = await makeBench(world)
+    const { bytes } = bulk(1.5 * SEGMENT_BYTES)
+    await bench.run(Effect.gen(function* () {
+      const store = yield* freshStore(bench)
+      yield* writeChunked(store, START, bytes, 400_000)
+      const end = START + bytes.length
+      const headroom = 30
+      const cases = [START, Lsn(START + 5000), Lsn(3 * SEGMENT_BYTES), Lsn(3 * SEGMENT_BYTES + 7), Lsn(3 * SEGMENT_BYTES - 100), Lsn(end - 9)]
+      for (const at of cases) {
+        const framed = yield* store.readWithHeadroom(at, 128 * 1024, headroom)
+        const plain = yield* store.read(at, 128 * 1024)
+        expect(framed.length).toBe(headroom + plain.length)
+        expectSameBytes(framed.subarray(headroom), plain)
+      }
+      expect((yield* store.readWithHeadroom(Lsn(end), 100, headroom)).length).toBe(headroom)
+      expect((yield* store.readWithHeadroom(Lsn(end + 5), 100, headroom)).length).toBe(headroom)
+      yield* store.close
+    }))
+  })
+
+  test("an open read handle never serves a truncated tail, a removed segment, or a renamed one", async () => {
+    const bench = await makeBench(world)
+    const { records, bytes } = bulk(2.5 * SEGMENT_BYTES, "old")
+    await bench.run(withOpenCounts((opens) => Effect.gen(function* () {
+      const store = yield* freshStore(bench)
+      yield* writeChunked(store, START, bytes, 250_000)
+      // Segments 2 and 3 are complete: these reads leave their handles open.
+      const cut = records.findLast((r) => r.nextLsn < 3 * SEGMENT_BYTES - 100_000)!
+      expectSameBytes(yield* store.read(Lsn(cut.nextLsn), 1000), bytes.subarray(cut.nextLsn - START, cut.nextLsn - START + 1000))
+      expectSameBytes(yield* store.read(Lsn(3 * SEGMENT_BYTES), 1000), bytes.subarray(3 * SEGMENT_BYTES - START, 3 * SEGMENT_BYTES - START + 1000))
+      // Truncate into segment 2 (renamed to .partial, zeroed past the cut; segment 3 unlinked),
+      // then different WAL: segment 3 is a new file under the old name, which an old handle
+      // would not see.
+      yield* store.truncate(cut.nextLsn)
+      expect((yield* store.read(Lsn(cut.nextLsn), 1000)).length).toBe(0)
+      const generator = generatorAt(cut.nextLsn, cut.startLsn)
+      const fresh = concatBytes([message(generator, 300_000, "new"), message(generator, 2 * SEGMENT_BYTES, "new")].map((r) => r.bytes))
+      yield* writeChunked(store, cut.nextLsn, fresh, 300_000)
+      const end = cut.nextLsn + fresh.length
+      expectSameBytes(yield* readRange(store, START, end), concatBytes([bytes.subarray(0, cut.nextLsn - START), fresh]))
+      // Segments 2 and 3 were completed again (full names); 2 is cached. Remove it: reads fail.
+      yield* store.removeUpTo(2)
+      const failedBefore = opens.failed.length
+      expect(yield* failureOf(store.read(START, 10))).toBe("Disk:NotFound")
+      expectSameBytes(yield* store.read(Lsn(3 * SEGMENT_BYTES), 100), fresh.subarray(3 * SEGMENT_BYTES - cut.nextLsn, 3 * SEGMENT_BYTES - cut.nextLsn + 100))
+      // The only failing open of the reads: segment 2, after it was removed.
+      expect(opens.failed.slice(failedBefore).map((path) => path.split("/").at(-1))).toEqual([segmentName(2, false)])
+      yield* store.close
+      expect(yield* failureOf(store.read(Lsn(3 * SEGMENT_BYTES), 10))).toBe("Stopped")
+    })))
+  })
+
+  test("after a load, names come from the listing: a segment left .partial below the end is read at once", async () => {
+    const bench = await makeBench(world)
+    const { records, bytes } = bulk(2.5 * SEGMENT_BYTES)
+    await bench.run(withOpenCounts((opens) => Effect.gen(function* () {
+      const disk = yield* Disk
+      const store = yield* freshStore(bench)
+      yield* writeChunked(store, START, bytes, 400_000)
+      yield* store.flush
+      yield* store.close
+      // A crash between a segment's fdatasync and its rename leaves it `.partial`.
+      yield* disk.rename(joinPath(bench.directory, segmentName(3, false)), joinPath(bench.directory, segmentName(3, true)))
+      const reopened = yield* openSegmentStore(options(bench, records[2]!.nextLsn))
+      const before = opens.failed.length
+      const end = START + bytes.length
+      expectSameBytes(yield* readRange(reopened, START, end), bytes)
+      expect(opens.failed.slice(before)).toEqual([])
+      // The truncate every load needs completes it; reads follow the new name.
+      yield* reopened.truncate(Lsn(records.at(-1)!.nextLsn))
+      expect(yield* listNames(bench)).toEqual([segmentName(2, false), segmentName(3, false), segmentName(4, true)])
+      expectSameBytes(yield* readRange(reopened, START, end), bytes)
+      expect(opens.failed.slice(before)).toEqual([])
+      yield* reopened.close
+    })))
+  })
+
 })
 
 describe("segment store faults (simulated disk)", () => {

@@ -72,7 +72,14 @@ import { type PgMajorVersion, pgMajorVersionOf } from "./page.js"
  *
  * Reads serve [start, min(start + length, segment end, write_lsn)): bytes written but not yet
  * fsynced are served too (what a sender may send is its decision: commit_lsn for the
- * pageserver), never bytes past write_lsn.
+ * pageserver), never bytes past write_lsn. A sender reads a segment 128 KiB at a time, so the
+ * last READ_HANDLE_COUNT_MAX segments read stay open, keyed by segment number and name. The
+ * name comes from the store's own state, never from an open that fails: after a truncate every
+ * segment below write_lsn's is complete (full name) and write_lsn's own is `.partial` (the open
+ * segment, read through the write handle); until then (at load, or after a failure that may
+ * have left a rename undone) it comes from a directory listing. Every call that renames, zeroes
+ * or unlinks a segment (truncate, a segment completing, removal, close) first closes the read
+ * handles it affects.
  *
  * Calls are serialized (one at a time, in arrival order) so that a removal task and a sender can
  * share the store with the acceptor; mutating calls are uninterruptible once started, so an
@@ -88,6 +95,10 @@ export const PARTIAL_SUFFIX = ".partial"
 export const ZERO_FILL_CHUNK_BYTES = 1024 * 1024
 /** Discovery reads segments in chunks of this size. */
 export const DISCOVERY_READ_CHUNK_BYTES = 1024 * 1024
+/** Read handles kept open between reads: the segment a sender is in and the one it just left. */
+export const READ_HANDLE_COUNT_MAX = 2
+/** Headroom a read may leave before the WAL: an XLogData frame's 30 bytes of headers fit. */
+export const READ_HEADROOM_BYTES_MAX = 64
 
 const ZEROS = new Uint8Array(ZERO_FILL_CHUNK_BYTES)
 
@@ -117,9 +128,16 @@ export interface SegmentStoreOptions {
 export const openSegmentStore = Effect.fn("SegmentStore.open")(function* (options: SegmentStoreOptions) {
   const disk = yield* Disk
   const config = yield* configOf(options)
-  const endLsn = options.commitLsn === 0 ? 0 : yield* discoverEnd(disk, config, options.commitLsn)
-  return new SegmentStore(disk, config, endLsn)
+  if (options.commitLsn === 0) return new SegmentStore(disk, config, 0, undefined)
+  const discovered = yield* discoverEnd(disk, config, options.commitLsn)
+  return new SegmentStore(disk, config, discovered.endLsn, discovered.files)
 })
+
+interface ReadHandle {
+  readonly segmentNo: number
+  readonly partial: boolean
+  readonly file: DiskFile
+}
 
 interface StoreConfig {
   readonly directory: string
@@ -145,15 +163,28 @@ export class SegmentStore implements WalStorage {
   /** Fed every byte written since the last truncate; undefined after it met invalid WAL. */
   private decoder: WalDecoder | undefined
   private openSegment: { readonly segmentNo: number; readonly file: DiskFile } | undefined
+  /** Open for reads, most recently used first; at most READ_HANDLE_COUNT_MAX. */
+  private readHandles: ReadHandle[] = []
+  /**
+   * Where a read learns a segment's name: "Settled" (from the positions, see the module
+   * comment), a directory listing, or undefined (list the directory at the next read).
+   */
+  private segmentNames: "Settled" | Map<number, SegmentFileNames> | undefined
   private stopped: WalStorageError | undefined
   private closed = false
 
-  constructor(private readonly disk: Disk["Service"], private readonly config: StoreConfig, endLsn: number) {
+  constructor(
+    private readonly disk: Disk["Service"],
+    private readonly config: StoreConfig,
+    endLsn: number,
+    listedNames: Map<number, SegmentFileNames> | undefined
+  ) {
     this.directory = config.directory
     this.segmentSizeBytes = config.segmentSizeBytes
     this.writeLsn = this.flushLsn = this.writeRecordLsn = this.flushRecordLsn = this.writtenBoundaryLsn = endLsn
     this.decoder = undefined
     this.openSegment = undefined
+    this.segmentNames = listedNames
     this.stopped = undefined
   }
 
@@ -259,6 +290,9 @@ export class SegmentStore implements WalStorage {
       this.truncationPending = true
       this.decoder = undefined
       this.lowerPositionsTo(endLsn)
+      // Segments get zeroed, renamed and unlinked below: no read may use an old handle or name.
+      this.segmentNames = undefined
+      yield* this.closeReadHandles(() => true)
       const open = this.openSegment
       if (open !== undefined) {
         this.openSegment = undefined
@@ -282,6 +316,8 @@ export class SegmentStore implements WalStorage {
       // Everything up to the new end is durable and ends at a record boundary.
       this.writeLsn = this.flushLsn = this.writeRecordLsn = this.flushRecordLsn = this.writtenBoundaryLsn = endLsn
       this.truncationPending = false
+      // Below end's segment every `.partial` was completed; end's own is `.partial` (or absent).
+      this.segmentNames = "Settled"
     }))
   }
 
@@ -306,8 +342,12 @@ export class SegmentStore implements WalStorage {
       })
       const prefix = generator.segmentPrefix(startLsn)
       if (prefix.length === 0) return
-      // Not fsynced here: the truncate that follows in ProposerElected fsyncs this segment.
-      const file = yield* this.openOrCreateSegment(segmentNoOf(startLsn, this.segmentSizeBytes))
+      // Not fsynced here: the truncate that follows in ProposerElected fsyncs this segment. It
+      // may create the segment: names come from a fresh listing until that truncate.
+      const segmentNo = segmentNoOf(startLsn, this.segmentSizeBytes)
+      this.segmentNames = undefined
+      yield* this.closeReadHandles((handle) => handle.segmentNo === segmentNo)
+      const file = yield* this.openOrCreateSegment(segmentNo)
       yield* file.write(0, prefix).pipe(Effect.ensuring(file.close))
     }))
   }
@@ -317,10 +357,13 @@ export class SegmentStore implements WalStorage {
       yield* this.refuseIfStopped()
       assert(Number.isSafeInteger(segmentNo), "segment number is an integer")
       assert(this.writeLsn === 0 || (segmentNo + 1) * this.segmentSizeBytes <= this.writeLsn, "removal stays below write_lsn")
+      yield* this.closeReadHandles((handle) => handle.segmentNo <= segmentNo)
       const files = indexSegmentFiles(yield* this.disk.list(this.directory), this.segmentSizeBytes)
       // No directory fsync: a removed segment that comes back after a crash is old, valid WAL.
       for (const [number, names] of files) {
         if (number > segmentNo) continue
+        // A listing forgets a file before it goes, so a failed unlink leaves it unreadable, not misnamed.
+        if (this.segmentNames instanceof Map) this.segmentNames.delete(number)
         if (names.full) yield* this.disk.unlink(this.segmentPath(number, false))
         if (names.partial) yield* this.disk.unlink(this.segmentPath(number, true))
       }
@@ -328,19 +371,65 @@ export class SegmentStore implements WalStorage {
   }
 
   read(startLsn: Lsn, length: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
+    return this.readWithHeadroom(startLsn, length, 0)
+  }
+
+  /**
+   * As `read`, but the WAL lands at `headroomBytes` into the returned buffer; what lies before
+   * it is scratch for the caller's headers (an XLogData frame). The buffer is one allocation,
+   * the WAL read straight into it: from the segment's offset `headroomBytes` earlier, whose
+   * bytes the caller overwrites (copied in only within `headroomBytes` of a segment start).
+   * The WAL served is the buffer's length minus `headroomBytes`, 0 at or past write_lsn. It
+   * relies on DiskFile.read handing over a buffer of its own (both worlds allocate one per read).
+   */
+  readWithHeadroom(startLsn: Lsn, length: number, headroomBytes: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
     return this.lock.withPermit(Effect.gen({ self: this }, function* () {
       yield* this.refuseIfStopped()
       assertLsn(startLsn, "read start")
       assert(Number.isSafeInteger(length) && length >= 0, "read length is a byte count")
+      assert(Number.isSafeInteger(headroomBytes) && headroomBytes >= 0 && headroomBytes <= READ_HEADROOM_BYTES_MAX, "read headroom is a small byte count")
       const segmentNo = segmentNoOf(startLsn, this.segmentSizeBytes)
       const segmentEndLsn = (segmentNo + 1) * this.segmentSizeBytes
       const endLsn = Math.min(startLsn + length, segmentEndLsn, this.writeLsn)
-      if (endLsn <= startLsn) return new Uint8Array(0)
+      if (endLsn <= startLsn) return new Uint8Array(headroomBytes)
       const offsetBytes = segmentOffsetOf(startLsn, this.segmentSizeBytes)
+      const file = yield* this.segmentForRead(segmentNo, startLsn)
+      if (offsetBytes < headroomBytes) {
+        const data = yield* file.read(offsetBytes, endLsn - startLsn)
+        const buffer = new Uint8Array(headroomBytes + data.byteLength)
+        buffer.set(data, headroomBytes)
+        return buffer
+      }
+      const buffer = yield* file.read(offsetBytes - headroomBytes, headroomBytes + endLsn - startLsn)
+      // Short only at the end of the file: a shorter segment than write_lsn implies.
+      return buffer.byteLength >= headroomBytes ? buffer : new Uint8Array(headroomBytes)
+    }))
+  }
+
+  get close(): Effect.Effect<void> {
+    return this.exclusive(Effect.gen({ self: this }, function* () {
+      this.closed = true
+      yield* this.closeReadHandles(() => true)
       const open = this.openSegment
-      if (open !== undefined && open.segmentNo === segmentNo) return yield* open.file.read(offsetBytes, endLsn - startLsn)
-      const file = yield* this.openExistingSegment(segmentNo)
-      if (file === undefined) {
+      this.openSegment = undefined
+      if (open !== undefined) yield* open.file.close
+    }))
+  }
+
+  // ---------------------------------------------------------------- reading
+
+  /**
+   * A handle on the segment holding `startLsn` (below write_lsn): the write handle when it is
+   * the open segment, else a cached read handle, else one opened under the name the store
+   * knows (see the module comment) and cached. Acquiring is uninterruptible, so an
+   * interrupted read cannot leak a handle.
+   */
+  private segmentForRead(segmentNo: number, startLsn: number): Effect.Effect<DiskFile, DiskError> {
+    const open = this.openSegment
+    if (open !== undefined && open.segmentNo === segmentNo) return Effect.succeed(open.file)
+    return Effect.uninterruptible(Effect.gen({ self: this }, function* () {
+      const partial = yield* this.nameForRead(segmentNo)
+      if (partial === undefined) {
         return yield* new DiskError({
           reason: "NotFound",
           operation: "read",
@@ -348,17 +437,51 @@ export class SegmentStore implements WalStorage {
           message: `no segment file holds ${formatLsn(startLsn)}`
         })
       }
-      return yield* file.read(offsetBytes, endLsn - startLsn).pipe(Effect.ensuring(file.close))
+      const handles = this.readHandles
+      const index = handles.findIndex((handle) => handle.segmentNo === segmentNo && handle.partial === partial)
+      if (index >= 0) {
+        const handle = handles[index]!
+        if (index > 0) {
+          handles.splice(index, 1)
+          handles.unshift(handle)
+        }
+        return handle.file
+      }
+      const file = yield* this.disk.open(this.segmentPath(segmentNo, partial)).pipe(
+        Effect.mapError((error) => error.reason === "NotFound"
+          ? new DiskError({ reason: "NotFound", operation: "read", path: error.path, message: `no segment file holds ${formatLsn(startLsn)}` })
+          : error)
+      )
+      handles.unshift({ segmentNo, partial, file })
+      // One pass per handle beyond the limit: at most one.
+      while (handles.length > READ_HANDLE_COUNT_MAX) yield* handles.pop()!.file.close
+      return file
     }))
   }
 
-  get close(): Effect.Effect<void> {
-    return this.exclusive(Effect.gen({ self: this }, function* () {
-      this.closed = true
-      const open = this.openSegment
-      this.openSegment = undefined
-      if (open !== undefined) yield* open.file.close
-    }))
+  /** Whether a segment below write_lsn is `.partial` (true), full (false), or missing (undefined). */
+  private nameForRead(segmentNo: number): Effect.Effect<boolean | undefined, DiskError> {
+    const names = this.segmentNames
+    if (names === "Settled") {
+      // write_lsn's segment holds bytes below it only if write_lsn is inside it.
+      const writeSegmentNo = segmentNoOf(this.writeLsn, this.segmentSizeBytes)
+      assert(segmentNo <= writeSegmentNo, "a read stays below write_lsn")
+      return Effect.succeed(segmentNo === writeSegmentNo)
+    }
+    if (names !== undefined) return Effect.succeed(preferredName(names.get(segmentNo)))
+    return Effect.map(this.disk.list(this.directory), (entries) => {
+      const listed = indexSegmentFiles(entries, this.segmentSizeBytes)
+      this.segmentNames = listed
+      return preferredName(listed.get(segmentNo))
+    })
+  }
+
+  /** Closes (and forgets) the read handles `which` picks. */
+  private closeReadHandles(which: (handle: ReadHandle) => boolean): Effect.Effect<void> {
+    const closing = this.readHandles.filter(which)
+    if (closing.length === 0) return Effect.void
+    this.readHandles = this.readHandles.filter((handle) => !which(handle))
+    return Effect.forEach(closing, (handle) => handle.file.close, { discard: true })
   }
 
   // ---------------------------------------------------------------- writing
@@ -407,7 +530,12 @@ export class SegmentStore implements WalStorage {
       // Earlier segments were fsynced when they filled: everything below write_lsn is durable.
       this.flushLsn = this.writeLsn
       this.flushRecordLsn = this.writtenBoundaryLsn
+      // Until the rename is done the segment's name is not what the positions say.
+      const names = this.segmentNames
+      this.segmentNames = undefined
+      yield* this.closeReadHandles((handle) => handle.segmentNo === segmentNo)
       yield* this.disk.rename(this.segmentPath(segmentNo, true), this.segmentPath(segmentNo, false))
+      this.segmentNames = names
       yield* this.durably(this.disk.syncDirectory(this.directory))
     })
   }
@@ -421,7 +549,9 @@ export class SegmentStore implements WalStorage {
         yield* open.file.close
       }
       // After the truncate every write needs, a segment at or above write_lsn's is either the
-      // zeroed `.partial` of that truncate or one we create now: never a stale file.
+      // zeroed `.partial` of that truncate or one we create now: never a stale file. Reads of
+      // it go through the write handle from now on.
+      yield* this.closeReadHandles((handle) => handle.segmentNo === segmentNo)
       const existing = yield* this.disk.open(this.segmentPath(segmentNo, true)).pipe(
         Effect.catchIf((error) => error.reason === "NotFound", () => Effect.succeed(undefined))
       )
@@ -577,8 +707,9 @@ const configOf = (options: SegmentStoreOptions): Effect.Effect<StoreConfig, WalS
 
 /**
  * Decodes from commit_lsn through consecutive segment files (`.partial` preferred) and returns
- * where the next record would start after the last valid one. Each segment read is fdatasynced
- * (unless noSync), then the directory.
+ * where the next record would start after the last valid one, with the listing it went by (the
+ * names reads use until the first truncate). Each segment read is fdatasynced (unless noSync),
+ * then the directory.
  */
 const discoverEnd = Effect.fnUntraced(function* (disk: Disk["Service"], config: StoreConfig, commitLsn: number) {
   const segmentSize = config.segmentSizeBytes
@@ -624,7 +755,7 @@ const discoverEnd = Effect.fnUntraced(function* (disk: Disk["Service"], config: 
   if (endLsn < commitLsn) {
     return yield* walError("EndBelowCommit", `WAL ends at ${formatLsn(endLsn)}, below commit_lsn ${formatLsn(commitLsn)}`)
   }
-  return endLsn
+  return { endLsn, files }
 })
 
 // ------------------------------------------------------------------ plain helpers
@@ -633,6 +764,12 @@ const discoverEnd = Effect.fnUntraced(function* (disk: Disk["Service"], config: 
 export interface SegmentFileNames {
   readonly partial: boolean
   readonly full: boolean
+}
+
+/** The name a read opens: `.partial` when both exist (as discovery), undefined when neither. */
+function preferredName(names: SegmentFileNames | undefined): boolean | undefined {
+  if (names === undefined) return undefined
+  return names.partial ? true : names.full ? false : undefined
 }
 
 /** Segment files of WAL_TIMELINE_ID by segment number, in directory (= segment) order. */
