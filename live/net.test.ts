@@ -161,6 +161,56 @@ describe("streams", () => {
     }))
   })
 
+  test("writev sends its parts in order as one write; empty parts are skipped", async () => {
+    await run(Effect.gen(function* () {
+      const { client, server } = yield* pair
+      yield* client.writev([text("head:"), new Uint8Array(0), text("body"), text(";")])
+      yield* client.writev([])
+      // A writev far past the write budget waits like a write, and arrives whole.
+      const header = text("H")
+      const body = patterned(16 * 1024 * 1024, 5)
+      let written = false
+      const writer = yield* Effect.forkChild(Effect.tap(client.writev([header, body]), () => Effect.sync(() => { written = true })))
+      yield* client.shutdownWrite.pipe(Effect.delay("1 millis"), Effect.forkChild)
+      const received = yield* readAll(server, 11 + 1 + body.length)
+      yield* Fiber.join(writer)
+      expect(written).toBe(true)
+      expect(Buffer.from(received.subarray(0, 11)).toString()).toBe("head:body;H")
+      expect(Buffer.compare(received.subarray(11), body)).toBe(0)
+      yield* client.close
+      yield* server.close
+    }))
+  })
+
+  test("writes return within the write budget, and a peer that does not read still stops the writer", async () => {
+    await run(Effect.gen(function* () {
+      const budgetNetwork = makeLiveNet({ writeBufferBytesMax: 1024 * 1024 })
+      const listener = yield* budgetNetwork.listen("127.0.0.1:0")
+      const client = yield* budgetNetwork.connect(listener.address)
+      const server = yield* listener.accept
+      yield* listener.close
+      const chunkBytes = 128 * 1024
+      const chunkCount = 512 // 64 MiB: far beyond kernel buffers, read buffer and budget together
+      const data = patterned(chunkBytes * chunkCount, 6)
+      let writtenCount = 0
+      const writer = yield* Effect.forkChild(Effect.gen(function* () {
+        for (let i = 0; i < chunkCount; i++) {
+          yield* client.write(data.subarray(i * chunkBytes, (i + 1) * chunkBytes))
+          writtenCount++
+        }
+      }))
+      yield* Effect.sleep("500 millis")
+      // The budget alone lets 8 writes through without the peer reading; the kernel takes more.
+      expect(writtenCount).toBeGreaterThanOrEqual(8)
+      expect(writtenCount).toBeLessThan(chunkCount)
+      const received = yield* readExactly(server, data.length)
+      yield* Fiber.join(writer)
+      expect(Buffer.compare(received, data)).toBe(0)
+      yield* client.close
+      yield* server.close
+    }))
+  })
+
   test("half-close: the peer reads EOF and can still write back, either way round", async () => {
     await run(Effect.gen(function* () {
       for (const clientShutsFirst of [true, false]) {

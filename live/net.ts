@@ -7,6 +7,10 @@ import { Net, NetError, parseAddress, type Connection, type Listener, type NetEr
  * Net over node:net (TCP). Both sides run with allowHalfOpen so `shutdownWrite` closes one
  * direction only. Reading is flow-controlled: at most `readBufferBytesMax` unread bytes are
  * held here, beyond that the socket is paused and the kernel's window pushes back on the peer.
+ * Writing too: a write returns at once while the socket holds at most `writeBufferBytesMax`
+ * bytes the kernel has not taken yet, beyond that it waits for the socket to drain. Waiting for
+ * 'drain' after every write past node's 16 KiB high-water mark instead made each 128 KiB
+ * AppendRequest wait a whole round of the event loop before the next could be queued.
  */
 export interface LiveNetOptions {
   /** A connect attempt that gets no answer fails with TimedOut after this long. */
@@ -15,19 +19,26 @@ export interface LiveNetOptions {
   readonly acceptQueueLengthMax?: number
   /** Unread bytes held per connection before the socket is paused. */
   readonly readBufferBytesMax?: number
+  /** Bytes a connection's socket may hold for the kernel before a write waits for it to drain. */
+  readonly writeBufferBytesMax?: number
 }
 
 export const CONNECT_TIMEOUT_MS_DEFAULT = 10_000
 export const ACCEPT_QUEUE_LENGTH_MAX_DEFAULT = 128
 export const READ_BUFFER_BYTES_MAX_DEFAULT = 256 * 1024
+export const WRITE_BUFFER_BYTES_MAX_DEFAULT = 1024 * 1024
 
 export function makeLiveNet(options: LiveNetOptions = {}): Net["Service"] {
   const connectTimeoutMs = options.connectTimeoutMs ?? CONNECT_TIMEOUT_MS_DEFAULT
   const acceptQueueLengthMax = options.acceptQueueLengthMax ?? ACCEPT_QUEUE_LENGTH_MAX_DEFAULT
   const readBufferBytesMax = options.readBufferBytesMax ?? READ_BUFFER_BYTES_MAX_DEFAULT
+  const buffers: Buffers = { readBytesMax: readBufferBytesMax, writeBytesMax: options.writeBufferBytesMax ?? WRITE_BUFFER_BYTES_MAX_DEFAULT }
   assert(Number.isSafeInteger(connectTimeoutMs) && connectTimeoutMs > 0, "connectTimeoutMs must be a positive integer")
   assert(Number.isSafeInteger(acceptQueueLengthMax) && acceptQueueLengthMax > 0, "acceptQueueLengthMax must be positive")
   assert(Number.isSafeInteger(readBufferBytesMax) && readBufferBytesMax > 0, "readBufferBytesMax must be positive")
+  // Below the socket's high-water mark (16 KiB in node 20, 64 KiB in 22) a write past the
+  // budget could find no 'drain' coming; makeConnection asserts it per socket.
+  assert(Number.isSafeInteger(buffers.writeBytesMax) && buffers.writeBytesMax >= 64 * 1024, "writeBufferBytesMax is at least 64 KiB")
 
   return Net.of({
     listen: (address) =>
@@ -45,7 +56,7 @@ export function makeLiveNet(options: LiveNetOptions = {}): Net["Service"] {
           server.off("error", onError)
           // The bind can complete after an interrupt (listen resolves the host first).
           if (interrupted) return void server.close()
-          resume(Effect.succeed(makeListener(server, acceptQueueLengthMax, readBufferBytesMax)))
+          resume(Effect.succeed(makeListener(server, acceptQueueLengthMax, buffers)))
         })
         return Effect.sync(() => {
           interrupted = true
@@ -70,7 +81,7 @@ export function makeLiveNet(options: LiveNetOptions = {}): Net["Service"] {
         }
         const onConnect = (): void => {
           cleanup()
-          resume(Effect.succeed(makeConnection(socket, readBufferBytesMax)))
+          resume(Effect.succeed(makeConnection(socket, buffers)))
         }
         const timer = setTimeout(() => {
           cleanup()
@@ -91,9 +102,14 @@ export const liveNetLayer = (options: LiveNetOptions = {}): Layer.Layer<Net> => 
 
 const EMPTY = Buffer.alloc(0)
 
+interface Buffers {
+  readonly readBytesMax: number
+  readonly writeBytesMax: number
+}
+
 type Resume<A> = (effect: Effect.Effect<A, NetError>) => void
 
-function makeListener(server: net.Server, acceptQueueLengthMax: number, readBufferBytesMax: number): Listener {
+function makeListener(server: net.Server, acceptQueueLengthMax: number, buffers: Buffers): Listener {
   const bound = server.address()
   assert(bound !== null && typeof bound === "object", "a listening TCP server has an address")
   const address = `${bound.address}:${bound.port}`
@@ -103,7 +119,7 @@ function makeListener(server: net.Server, acceptQueueLengthMax: number, readBuff
 
   server.on("connection", (socket: net.Socket) => {
     if (failure !== undefined) return void socket.destroy()
-    const connection = makeConnection(socket, readBufferBytesMax)
+    const connection = makeConnection(socket, buffers)
     const acceptor = acceptors.shift()
     if (acceptor !== undefined) return acceptor(Effect.succeed(connection))
     // Node cannot stop accepting without closing the listener, so beyond the bound the newest
@@ -136,7 +152,10 @@ function makeListener(server: net.Server, acceptQueueLengthMax: number, readBuff
   }
 }
 
-function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connection {
+function makeConnection(socket: net.Socket, buffers: Buffers): Connection {
+  const readBufferBytesMax = buffers.readBytesMax
+  const writeBufferBytesMax = buffers.writeBytesMax
+  assert(socket.writableHighWaterMark <= writeBufferBytesMax, "a write past the budget is past the high-water mark, so 'drain' follows")
   // Consensus messages are small and latency-bound: send each write at once.
   socket.setNoDelay(true)
   const localAddress = `${socket.localAddress ?? "?"}:${socket.localPort ?? 0}`
@@ -173,6 +192,11 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
   socket.on("drain", () => {
     for (const writer of writers.splice(0)) writer(Effect.void)
   })
+  // Once shutdownWrite has ended the stream node emits no 'drain' (its afterWrite skips it
+  // while ending), so writers still waiting resume when everything queued has been flushed.
+  socket.on("finish", () => {
+    for (const writer of writers.splice(0)) writer(Effect.void)
+  })
   socket.on("error", (error) => fail(netError(error, remoteAddress)))
   // After both directions finish, or a destroy: nothing more can be read or written.
   socket.on("close", () => fail(closedError("connection closed")))
@@ -195,6 +219,20 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
     return chunk
   }
 
+  /** Queues bytes with `put`, then waits only while the socket holds more than the write budget. */
+  const queueWrite = (put: () => void): Effect.Effect<void, NetError> =>
+    Effect.callback<void, NetError>((resume) => {
+      if (failure !== undefined) return resume(Effect.fail(failure))
+      // Destroyed by an error whose event is still queued: the write could never drain.
+      if (socket.destroyed) return resume(Effect.fail(closedError("connection destroyed")))
+      if (socket.writableEnded) return resume(Effect.fail(closedError("write after shutdownWrite")))
+      put()
+      // Past the budget is past the high-water mark, so node owes us a 'drain'.
+      if (socket.writableLength <= writeBufferBytesMax) return resume(Effect.void)
+      writers.push(resume)
+      return Effect.sync(() => removeItem(writers, resume))
+    })
+
   return {
     localAddress,
     remoteAddress,
@@ -208,16 +246,15 @@ function makeConnection(socket: net.Socket, readBufferBytesMax: number): Connect
       return Effect.sync(() => removeItem(readers, resume))
     }),
     // The socket keeps a reference to `data` until it is sent: callers must not reuse it.
-    write: (data) =>
-      Effect.callback<void, NetError>((resume) => {
-        if (failure !== undefined) return resume(Effect.fail(failure))
-        // Destroyed by an error whose event is still queued: the write could never drain.
-        if (socket.destroyed) return resume(Effect.fail(closedError("connection destroyed")))
-        if (socket.writableEnded) return resume(Effect.fail(closedError("write after shutdownWrite")))
-        if (data.length === 0 || socket.write(data)) return resume(Effect.void)
-        writers.push(resume)
-        return Effect.sync(() => removeItem(writers, resume))
-      }),
+    write: (data) => queueWrite(() => {
+      if (data.byteLength > 0) socket.write(data)
+    }),
+    // Corked, the parts leave in one writev(2) when uncorked, each from its own buffer.
+    writev: (parts) => queueWrite(() => {
+      socket.cork()
+      for (const part of parts) if (part.byteLength > 0) socket.write(part)
+      socket.uncork()
+    }),
     shutdownWrite: Effect.suspend(() => {
       if (failure !== undefined) return Effect.fail(failure)
       // The FIN follows the bytes already queued; a second call is harmless.

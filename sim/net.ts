@@ -362,21 +362,11 @@ export class SimNet {
         }
         return this.perform(endpoint.readers, newWaiter(life), (isHead) => this.tryRead(endpoint, isHead))
       }),
-      write: (data: Uint8Array) =>
-        Effect.suspend(() => {
-          if (!this.permits(life, hooks, "write", remoteAddress)) return Effect.never
-          const refusal = this.refusal(endpoint)
-          if (refusal !== undefined) return refusal
-          if (endpoint.writeShut) return Effect.fail(netError("Closed", remoteAddress, "write after shutdownWrite"))
-          if (data.length === 0) return Effect.void
-          if (endpoint.writers.length === 0 && data.length <= Math.min(CHUNK_BYTES_MAX, SEND_BUFFER_BYTES_MAX - endpoint.outbound.bufferedBytes)) {
-            this.append(endpoint.outbound, "data", data.slice()) // the common small write: no waiter
-            return Effect.void
-          }
-          // Copy once: the caller may reuse its buffer as soon as write returns.
-          const request: WriteRequest = { life, wake: undefined, queued: false, bytes: data.slice(), offsetBytes: 0, endOfStream: false }
-          return this.perform(endpoint.writers, request, (isHead) => this.tryWrite(endpoint, request, isHead))
-        }),
+      // Both copy once, so the bytes in flight are the network's own whatever the caller does.
+      write: (data: Uint8Array) => Effect.suspend(() => this.writeOwned(endpoint, data.byteLength, () => data.slice())),
+      // One write of the joined parts: the peer sees exactly what a single write would deliver.
+      writev: (parts: ReadonlyArray<Uint8Array>) =>
+        Effect.suspend(() => this.writeOwned(endpoint, totalBytesOf(parts), () => joinParts(parts))),
       shutdownWrite: Effect.suspend(() => {
         if (!this.permits(life, hooks, "shutdownWrite", remoteAddress)) return Effect.never
         const refusal = this.refusal(endpoint)
@@ -395,6 +385,22 @@ export class SimNet {
         return Effect.void
       })
     }
+  }
+
+  /** A write of `lengthBytes`; `own` makes the copy the network keeps, once the write is let through. */
+  private writeOwned(endpoint: Endpoint, lengthBytes: number, own: () => Uint8Array): Effect.Effect<void, NetError> {
+    const { life, hooks, remoteAddress } = endpoint
+    if (!this.permits(life, hooks, "write", remoteAddress)) return Effect.never
+    const refusal = this.refusal(endpoint)
+    if (refusal !== undefined) return refusal
+    if (endpoint.writeShut) return Effect.fail(netError("Closed", remoteAddress, "write after shutdownWrite"))
+    if (lengthBytes === 0) return Effect.void
+    if (endpoint.writers.length === 0 && lengthBytes <= Math.min(CHUNK_BYTES_MAX, SEND_BUFFER_BYTES_MAX - endpoint.outbound.bufferedBytes)) {
+      this.append(endpoint.outbound, "data", own()) // the common small write: no waiter
+      return Effect.void
+    }
+    const request: WriteRequest = { life, wake: undefined, queued: false, bytes: own(), offsetBytes: 0, endOfStream: false }
+    return this.perform(endpoint.writers, request, (isHead) => this.tryWrite(endpoint, request, isHead))
   }
 
   /** The error (or hang, for a crashed endpoint) an operation on a finished endpoint meets. */
@@ -950,4 +956,21 @@ function directionKey(from: string, to: string): string {
 
 function netError(reason: NetErrorReason, address: string, message: string): NetError {
   return new NetError({ reason, address, message })
+}
+
+function totalBytesOf(parts: ReadonlyArray<Uint8Array>): number {
+  let totalBytes = 0
+  for (const part of parts) totalBytes += part.byteLength
+  return totalBytes
+}
+
+/** The parts in one new buffer (also when there is just one: the network keeps its own copy). */
+function joinParts(parts: ReadonlyArray<Uint8Array>): Uint8Array {
+  const joined = new Uint8Array(totalBytesOf(parts))
+  let offsetBytes = 0
+  for (const part of parts) {
+    joined.set(part, offsetBytes)
+    offsetBytes += part.byteLength
+  }
+  return joined
 }

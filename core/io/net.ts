@@ -27,8 +27,17 @@ export interface Connection {
   readonly remoteAddress: string
   /** The next chunk of bytes, or undefined once the peer has shut down its write side (EOF). */
   readonly read: Effect.Effect<Uint8Array | undefined, NetError>
-  /** Queues all of `data`, waiting while the send buffer is full. */
+  /**
+   * Queues all of `data`, waiting while the send buffer is full. The connection may hold on to
+   * `data` until it is sent: the caller must not change it after the call.
+   */
   write(data: Uint8Array): Effect.Effect<void, NetError>
+  /**
+   * Queues `parts` one after another as one write (as writev(2)): a header and a body kept in
+   * separate buffers go out without being joined, and no other write comes between them. The
+   * same waiting and ownership rules as `write` hold for every part.
+   */
+  writev(parts: ReadonlyArray<Uint8Array>): Effect.Effect<void, NetError>
   /** Half-close: the peer reads EOF after the bytes already written. */
   readonly shutdownWrite: Effect.Effect<void, NetError>
   /** Closes both directions; unread and unsent bytes are dropped. Idempotent. */

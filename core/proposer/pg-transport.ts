@@ -1,7 +1,7 @@
 import { Effect, Layer, Result } from "effect"
 import type { TenantId, TimelineId } from "../acceptor/state.js"
 import { Net } from "../io/net.js"
-import { decodeAcceptorMessage, encodeProposerMessage } from "../protocol/consensus.js"
+import { decodeAcceptorMessage, encodeProposerMessageParts } from "../protocol/consensus.js"
 import { connectPg, type PgClient, type PgError } from "../protocol/pg-client.js"
 import { decodeWalSenderMessage } from "../protocol/replication.js"
 import { formatLsn, Lsn } from "../wal/lsn.js"
@@ -39,7 +39,8 @@ export const pgTransportLayer: Layer.Layer<SafekeeperTransport, never, Net> = La
           )
           const link: SafekeeperLink = {
             address,
-            send: (message) => Effect.mapError(copy.writeCopyData(encodeProposerMessage(message)), (error) => linkError(address, "Closed", error)),
+            // An AppendRequest's WAL goes out from the proposer's WAL buffer, not copied into a frame.
+            send: (message) => Effect.mapError(copy.writeCopyDataParts(encodeProposerMessageParts(message)), (error) => linkError(address, "Closed", error)),
             receive: Effect.gen(function* () {
               const payload = yield* Effect.mapError(copy.readCopyData, (error) => linkError(address, "Closed", error))
               if (payload === undefined) return yield* new LinkError({ address, reason: "Closed", message: "the safekeeper ended the push" })

@@ -39,6 +39,23 @@ describe("WAL buffer", () => {
     }))
   })
 
+  test("a range within one chunk is a view of it (no copy); a range across chunks is joined", () => {
+    const buffer = new WalBuffer(Lsn(START))
+    const first = Uint8Array.from({ length: 100 }, (_, i) => i)
+    const second = Uint8Array.from({ length: 50 }, (_, i) => 100 + i)
+    buffer.append(Lsn(START), first)
+    buffer.append(Lsn(START + 100), second)
+    const inside = buffer.read(Lsn(START + 10), Lsn(START + 100))
+    expect(inside.buffer).toBe(first.buffer)
+    expect(inside.byteOffset).toBe(10)
+    expect(inside.byteLength).toBe(90)
+    expect(buffer.read(Lsn(START + 100), Lsn(START + 150)).buffer).toBe(second.buffer)
+    const across = buffer.read(Lsn(START + 90), Lsn(START + 120))
+    expect(across.buffer).not.toBe(first.buffer)
+    expect(Array.from(across)).toEqual(Array.from({ length: 30 }, (_, i) => 90 + i))
+    expect(buffer.read(Lsn(START + 150), Lsn(START + 150)).byteLength).toBe(0)
+  })
+
   test("an append must continue the WAL", () => {
     const buffer = new WalBuffer(Lsn(START))
     buffer.append(Lsn(START), new Uint8Array(10))

@@ -12,6 +12,8 @@ import { formatLsn, Lsn } from "../wal/lsn.js"
  */
 export const WAL_BUFFER_BYTES_MAX_DEFAULT = 16 * 1024 * 1024
 
+const EMPTY = new Uint8Array(0)
+
 export class WalBuffer {
   private readonly chunks: Array<{ readonly startLsn: Lsn; readonly bytes: Uint8Array }> = []
   private head = 0
@@ -40,7 +42,11 @@ export class WalBuffer {
     return this.heldBytes
   }
 
-  /** Appends the bytes that continue the WAL at `startLsn` (= endLsn), dropping the oldest past the maximum. */
+  /**
+   * Appends the bytes that continue the WAL at `startLsn` (= endLsn), dropping the oldest past
+   * the maximum. The buffer keeps `bytes` itself and hands out views of it: the caller must not
+   * change them afterwards.
+   */
   append(startLsn: Lsn, bytes: Uint8Array): void {
     assert(startLsn === this.end, `WAL appended at ${formatLsn(startLsn)}, but the buffer ends at ${formatLsn(this.end)}`)
     if (bytes.byteLength === 0) return
@@ -59,11 +65,20 @@ export class WalBuffer {
     }
   }
 
-  /** The bytes [fromLsn, toLsn), which must be held. */
+  /**
+   * The bytes [fromLsn, toLsn), which must be held: a view of the appended chunk when one chunk
+   * holds them all (the common case: a writer sends each new chunk as it comes), else a copy
+   * joining the chunks. Either way nothing changes the bytes later, so a view may be kept and
+   * written to a socket as it is.
+   */
   read(fromLsn: Lsn, toLsn: Lsn): Uint8Array {
     assert(fromLsn >= this.start && toLsn <= this.end && fromLsn <= toLsn, `read [${formatLsn(fromLsn)}, ${formatLsn(toLsn)}) outside the buffer [${formatLsn(this.start)}, ${formatLsn(this.end)})`)
-    const out = new Uint8Array(toLsn - fromLsn)
+    if (fromLsn === toLsn) return EMPTY
     let index = this.chunkIndexOf(fromLsn)
+    const first = this.chunks[index]!
+    const firstEnd = first.startLsn + first.bytes.byteLength
+    if (toLsn <= firstEnd) return first.bytes.subarray(fromLsn - first.startLsn, toLsn - first.startLsn)
+    const out = new Uint8Array(toLsn - fromLsn)
     // One pass per chunk the range touches.
     for (let done = 0; done < out.byteLength; index++) {
       const chunk = this.chunks[index]!

@@ -179,6 +179,17 @@ export function encodeProposerMessage(message: ProposerMessage): Uint8Array {
 }
 
 /**
+ * The message as parts to send one after another: an AppendRequest as its header and its WAL
+ * (the caller's own buffer, not copied: walproposer sends it the same way), anything else whole.
+ */
+export function encodeProposerMessageParts(message: ProposerMessage): ReadonlyArray<Uint8Array> {
+  if (message._tag !== "AppendRequest") return [encodeProposerMessage(message)]
+  assert(message.endLsn - message.beginLsn === message.walData.byteLength, "AppendRequest carries exactly end_lsn - begin_lsn bytes")
+  const header = encodeAppendRequestHeader(message)
+  return message.walData.byteLength === 0 ? [header] : [header, message.walData]
+}
+
+/**
  * The 45-byte header alone, for senders that write the WAL bytes from their own buffer right
  * after it (walproposer does the same).
  */
@@ -224,7 +235,12 @@ export function encodeAcceptorMessage(message: AcceptorMessage): Uint8Array {
 
 // ---- decoding ----
 
-/** Decodes one proposer → acceptor message (what a safekeeper reads after START_WAL_PUSH). */
+/**
+ * Decodes one proposer → acceptor message (what a safekeeper reads after START_WAL_PUSH). An
+ * AppendRequest's walData is a view of `bytes`, not a copy: the WAL is copied once, into the
+ * segment file, so the caller must not change `bytes` while it uses the message (received
+ * frames are never reused).
+ */
 export function decodeProposerMessage(bytes: Uint8Array): Result.Result<ProposerMessage, MalformedMessage> {
   const reader = new ByteReader(bytes)
   const tagByte = reader.u8("message tag")
@@ -252,7 +268,7 @@ export function decodeProposerMessage(bytes: Uint8Array): Result.Result<Proposer
       }
       break
     case TAG.a:
-      message = readAppendRequest(reader)
+      message = readAppendRequest(reader, bytes)
       break
     default:
       return Result.fail(new MalformedMessage({ tag: printableTag(tagByte), reason: `unknown proposer message tag 0x${hex2(tagByte)}` }))
@@ -351,7 +367,8 @@ function writeAppendRequestHeader(writer: ByteWriter, header: AppendRequestHeade
   writeU53(writer, header.truncateLsn, "truncate_lsn")
 }
 
-function readAppendRequest(reader: ByteReader): AppendRequest {
+/** `reader` reads `input`; the WAL is returned as a view of `input`. */
+function readAppendRequest(reader: ByteReader, input: Uint8Array): AppendRequest {
   const generation = Generation(reader.u32BE("generation"))
   const term = Term(reader.u53BE("term"))
   const beginLsn = Lsn(reader.u53BE("begin_lsn"))
@@ -365,7 +382,9 @@ function readAppendRequest(reader: ByteReader): AppendRequest {
     } else if (endLsn - beginLsn > MAX_SEND_SIZE_BYTES) {
       reader.fail(`${endLsn - beginLsn} bytes of WAL, more than MAX_SEND_SIZE_BYTES (${MAX_SEND_SIZE_BYTES})`)
     } else {
-      walData = reader.bytes(endLsn - beginLsn, "WAL data")
+      const offsetBytes = reader.offsetBytes
+      reader.skip(endLsn - beginLsn, "WAL data")
+      if (!reader.failed) walData = input.subarray(offsetBytes, offsetBytes + (endLsn - beginLsn))
     }
   }
   return { _tag: "AppendRequest", generation, term, beginLsn, endLsn, commitLsn, truncateLsn, walData }

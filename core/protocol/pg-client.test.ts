@@ -6,6 +6,7 @@
 // wire codec's frontend reader and answers with its backend encoders, byte for byte.
 import { Cause, Effect, Exit, Fiber, Queue, Result } from "effect"
 import { describe, expect, test } from "vitest"
+import { concatBytes } from "../bytes.js"
 import { Lsn } from "../wal/lsn.js"
 import { type Connection, Net, NetError } from "../io/net.js"
 import {
@@ -56,6 +57,9 @@ function endpoint(name: string, inbox: Pipe, outbox: Pipe): Connection {
     write: (data) => closed
       ? Effect.fail(new NetError({ reason: "Closed", address: name, message: "write after close" }))
       : Effect.asVoid(Queue.offer(outbox, data.slice())),
+    writev: (parts) => closed
+      ? Effect.fail(new NetError({ reason: "Closed", address: name, message: "write after close" }))
+      : Effect.asVoid(Queue.offer(outbox, concatBytes(parts).slice())),
     shutdownWrite: Effect.asVoid(Queue.offer(outbox, undefined)),
     close: Effect.suspend(() => {
       if (closed) return Effect.void

@@ -5,6 +5,7 @@ import { decodeUtf8 } from "./bytes.js"
 import {
   type BackendMessage,
   encodeCopyData,
+  encodeCopyDataHeader,
   encodeCopyDone,
   encodePasswordMessage,
   encodeQuery,
@@ -107,6 +108,11 @@ export interface CopyBoth {
   /** The next CopyData payload, or undefined once the server ended its side (CopyDone, or a CommandComplete). */
   readonly readCopyData: Effect.Effect<Uint8Array | undefined, PgError>
   writeCopyData(payload: Uint8Array): Effect.Effect<void, PgClientError>
+  /**
+   * One CopyData frame whose payload is `parts` one after another, written as one writev: a
+   * message header and the WAL it carries go out from their own buffers, never joined.
+   */
+  writeCopyDataParts(parts: ReadonlyArray<Uint8Array>): Effect.Effect<void, PgClientError>
   readonly sendCopyDone: Effect.Effect<void, PgClientError>
   /**
    * Ends the COPY: sends CopyDone if not yet sent, drops CopyData until the server's CopyDone,
@@ -175,6 +181,10 @@ class Session {
 
   write(frame: Uint8Array): Effect.Effect<void, PgClientError> {
     return Effect.mapError(this.connection.write(frame), netError)
+  }
+
+  writev(parts: ReadonlyArray<Uint8Array>): Effect.Effect<void, PgClientError> {
+    return Effect.mapError(this.connection.writev(parts), netError)
   }
 
   /**
@@ -410,6 +420,11 @@ class Session {
     return {
       readCopyData,
       writeCopyData: (payload) => session.write(encodeCopyData(payload)),
+      writeCopyDataParts: (parts) => {
+        let payloadBytes = 0
+        for (const part of parts) payloadBytes += part.byteLength
+        return session.writev([encodeCopyDataHeader(payloadBytes), ...parts])
+      },
       sendCopyDone,
       finish
     }

@@ -606,13 +606,29 @@ export function encodeCopyData(payload: Uint8Array): Uint8Array {
  * into `frame.subarray(COPY_DATA_HEADER_BYTES)` themselves and so never copy it again.
  */
 export function writeCopyDataHeader(frame: Uint8Array, payloadLengthBytes: number): void {
+  assert(frame.byteLength >= COPY_DATA_HEADER_BYTES + payloadLengthBytes, "the frame holds header and payload")
+  putCopyDataHeader(frame, payloadLengthBytes)
+}
+
+/**
+ * The 5-byte CopyData header alone, for senders that write the payload from buffers of their
+ * own right after it (one writev: the WAL of an AppendRequest is never copied into a frame).
+ */
+export function encodeCopyDataHeader(payloadLengthBytes: number): Uint8Array {
+  const header = new Uint8Array(COPY_DATA_HEADER_BYTES)
+  putCopyDataHeader(header, payloadLengthBytes)
+  return header
+}
+
+function putCopyDataHeader(frame: Uint8Array, payloadLengthBytes: number): void {
   const lengthBytes = 4 + payloadLengthBytes
   assert(Number.isInteger(payloadLengthBytes) && payloadLengthBytes >= 0, "payload length is a non-negative integer")
   assert(lengthBytes <= PG_MESSAGE_LENGTH_MAX_BYTES, `CopyData of ${payloadLengthBytes} bytes exceeds the message cap`)
-  assert(frame.byteLength >= COPY_DATA_HEADER_BYTES + payloadLengthBytes, "the frame holds header and payload")
-  const view = new DataView(frame.buffer, frame.byteOffset, COPY_DATA_HEADER_BYTES)
-  view.setUint8(0, TYPE.d)
-  view.setUint32(1, lengthBytes, false)
+  frame[0] = TYPE.d
+  frame[1] = lengthBytes >>> 24
+  frame[2] = (lengthBytes >>> 16) & 0xff
+  frame[3] = (lengthBytes >>> 8) & 0xff
+  frame[4] = lengthBytes & 0xff
 }
 
 export function encodeCopyDone(): Uint8Array {
