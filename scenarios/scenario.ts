@@ -19,6 +19,43 @@ export interface ScenarioResult {
   /** Coverage marks reached ("sometimes" assertions). */
   readonly marks: ReadonlyArray<string>
   readonly traceLines: ReadonlyArray<string>
+  /** What a run report draws; recorded only with `recordTrace` (scenarios without it leave it out). */
+  readonly timeline?: RunTimeline
+}
+
+/** A fault as it happened: crash, restart, wipe, pause, partition, heal, break, clog, disk error. */
+export interface FaultEvent {
+  readonly atUs: number
+  readonly kind: string
+  readonly nodes: ReadonlyArray<string>
+  readonly detail?: string
+}
+
+/** One node's consensus position at a moment (drawn as term and LSN over time). */
+export interface ProgressSample {
+  readonly atUs: number
+  readonly node: string
+  readonly term: number
+  readonly flushLsn: number
+  readonly commitLsn: number
+}
+
+/** A protocol message between two nodes (drawn as a space-time diagram). */
+export interface MessageEvent {
+  readonly sentUs: number
+  /** When the receiver read it; undefined when it was never read (a crash or a break came first). */
+  readonly receivedUs?: number
+  readonly from: string
+  readonly to: string
+  /** The message kind, as its tag: Greeting, VoteRequest, AppendRequest, XLogData, ... */
+  readonly kind: string
+  readonly detail?: string
+}
+
+export interface RunTimeline {
+  readonly faults: ReadonlyArray<FaultEvent>
+  readonly progress: ReadonlyArray<ProgressSample>
+  readonly messages: ReadonlyArray<MessageEvent>
 }
 
 export interface ScenarioRunOptions {
