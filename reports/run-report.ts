@@ -1,3 +1,5 @@
+import { mkdirSync, writeFileSync } from "node:fs"
+import { join } from "node:path"
 import type { ScenarioResult } from "../scenarios/scenario.js"
 import { escapeHtml, htmlPage, keyValueTable } from "./html.js"
 
@@ -24,6 +26,7 @@ export function runJson(result: ScenarioResult, context: RunContext) {
     config: result.config,
     work: result.work,
     marks: result.marks,
+    timeline: result.timeline ?? null,
     effect: context.effectVersion,
     commit: context.commit,
     repro: context.repro
@@ -79,4 +82,26 @@ export function runHtml(result: ScenarioResult, context: RunContext): string {
     keyValueTable(Object.entries(result.work).map(([k, v]) => [k, String(v)])),
     trace
   ])
+}
+
+/**
+ * Writes one run's report folder: trace.txt (every trace line), report.json (runJson with the
+ * timeline), report.txt (runText) and report.html (self-contained, open it in a browser).
+ * Returns the paths written, in that order.
+ */
+export function writeRunReport(result: ScenarioResult, context: RunContext, dir: string): { readonly files: ReadonlyArray<string> } {
+  mkdirSync(dir, { recursive: true })
+  const files: Array<readonly [string, string]> = [
+    ["trace.txt", result.traceLines.length > 0 ? `${result.traceLines.join("\n")}\n` : ""],
+    ["report.json", `${JSON.stringify(runJson(result, context), null, 2)}\n`],
+    ["report.txt", `${runText(result, context)}\n`],
+    ["report.html", runHtml(result, context)]
+  ]
+  return {
+    files: files.map(([name, content]) => {
+      const path = join(dir, name)
+      writeFileSync(path, content)
+      return path
+    })
+  }
 }
