@@ -58,9 +58,20 @@ export function sweepHtml(summary: SweepSummary): string {
         `<tr><td>${escapeHtml(f.kind)}</td><td>${f.seed}</td><td>${escapeHtml(f.detail)}</td><td><code>${escapeHtml(f.repro)}</code></td></tr>`).join("")}</table>`
       : "",
     "<h2>Coverage marks (seeds that reached each)</h2>",
-    keyValueTable(Object.entries(summary.marks).map(([k, v]) => [k, String(v)])),
+    markTable(summary),
     summary.missedMarks.length > 0 ? `<p class="fail">Never hit: ${escapeHtml(summary.missedMarks.join(", "))}</p>` : "",
     "<h2>Work</h2>",
     keyValueTable(Object.entries(summary.work).map(([k, v]) => [k, String(v)]))
   ])
+}
+
+/** Every mark with the seeds that hit it and their share of the runs; marks never hit last, at 0. */
+function markTable(summary: SweepSummary): string {
+  const share = (count: number) => (summary.runs === 0 ? "-" : `${Math.round((count / summary.runs) * 100)}%`)
+  const hit = Object.entries(summary.marks).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+  const missed = summary.missedMarks.filter((mark) => !(mark in summary.marks))
+  return `<table id="marks"><tr><th>mark</th><th>seeds</th><th>share</th></tr>${[
+    ...hit.map(([mark, count]) => `<tr><td>${escapeHtml(mark)}</td><td class="num">${count}</td><td class="num">${share(count)}</td></tr>`),
+    ...missed.map((mark) => `<tr class="missed"><td>${escapeHtml(mark)}</td><td class="num">0</td><td class="num">${share(0)}</td></tr>`)
+  ].join("")}</table>`
 }
