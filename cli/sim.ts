@@ -1,29 +1,54 @@
-import { execFileSync, spawnSync } from "node:child_process"
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
-import { tmpdir } from "node:os"
-import { dirname, join, resolve } from "node:path"
-import { fileURLToPath } from "node:url"
+import { writeFileSync } from "node:fs"
+import { availableParallelism } from "node:os"
+import { join } from "node:path"
 import { type Command, InvalidArgumentError } from "commander"
 import { DEFAULT_SWEEP_SCENARIOS, SCENARIOS, findScenario } from "../scenarios/registry.js"
 import type { Scenario, ScenarioResult } from "../scenarios/scenario.js"
-import { distinctHits, runHtml, runJson, runText } from "../reports/run-report.js"
-import { type SweepFailure, type SweepSummary, sweepHtml, sweepText } from "../reports/sweep-report.js"
-import { firstDifference } from "../sim/trace.js"
-import { EFFECT_VERSION } from "../sim/version.js"
+import { type RunContext, runHtml, runJson, runText, writeRunReport } from "../reports/run-report.js"
+import { sweepHtml, sweepText } from "../reports/sweep-report.js"
+import { EFFECT_VERSION, sourceCommit } from "../sim/version.js"
 import { parsePositiveInteger, parseSeed, parseShard } from "./options.js"
+import {
+  EXIT_COVERAGE,
+  MARKS_ENFORCED_RUNS_MIN,
+  RECHECK_EVERY_MAX,
+  type SweepOutcome,
+  exitCodeOfVerdict,
+  reproLine,
+  runSweep,
+  verdictOf
+} from "./sweep.js"
 
-/** Exit codes of `sk sim`: distinct for a violated invariant and for non-determinism. */
-export const EXIT_OK = 0
-export const EXIT_USAGE = 1
-export const EXIT_VIOLATION = 2
-export const EXIT_NONDETERMINISM = 3
+export {
+  EXIT_COVERAGE,
+  EXIT_LIVENESS,
+  EXIT_NONDETERMINISM,
+  EXIT_OK,
+  EXIT_SAFETY,
+  EXIT_USAGE,
+  LIVENESS_PREFIX,
+  isLivenessViolation,
+  reproLine
+} from "./sweep.js"
 
-const SK_BIN = resolve(dirname(fileURLToPath(import.meta.url)), "../../bin/sk.js")
-/** Every RECHECK_EVERY-th seed of a sweep is re-run in a child process. */
-const RECHECK_EVERY_DEFAULT = 50
+/**
+ * What `sk sim sweep` runs when no --scenario is named. Once the swarm scenario is registered
+ * this becomes `[findScenario("swarm")!]`.
+ */
+const SWEEP_SCENARIOS_DEFAULT: ReadonlyArray<Scenario> = DEFAULT_SWEEP_SCENARIOS
+/** `sk sim replay` without --scenario replays this one (the first and quickest scenario). */
+const REPLAY_SCENARIO_DEFAULT = "append-log"
+/** Plain progress lines on a non-terminal (CI logs) come this often. */
+const PROGRESS_INTERVAL_MS_DEFAULT = 5000
 
 export function registerSimCommands(program: Command): void {
   const sim = program.command("sim").description("run the deterministic simulator")
+    .addHelpText("after", [
+      "",
+      "Exit codes (run, replay, sweep): 0 ok, 1 usage, 2 safety violation, 3 non-determinism,",
+      `4 liveness failure, 5 (sweep) a coverage mark never hit in at least ${MARKS_ENFORCED_RUNS_MIN} seeds of a scenario.`,
+      "When several apply: non-determinism, then safety, then liveness, then coverage."
+    ].join("\n"))
 
   sim.command("list").description("list the named scenarios").option("--json", "print JSON").action((options: { json?: boolean }) => {
     if (options.json === true) {
@@ -34,61 +59,77 @@ export function registerSimCommands(program: Command): void {
   })
 
   sim.command("run")
-    .description("run one seed of a scenario and print its outcome, trace hash and repro line")
+    .description("run one seed of a scenario; print its outcome, trace hash and repro line; write its trace and reports to --out")
     .requiredOption("--scenario <name>", "scenario name (see `sk sim list`)", parseScenarioName)
     .requiredOption("--seed <n>", "seed, an integer in [0, 2^53-1]", parseSeed)
     .option("--json", "print one JSON object")
-    .option("--trace <file>", "write the trace lines to FILE")
-    .option("--report <file>", "write an HTML report (with the whole trace) to FILE")
-    .action((options: { scenario: Scenario; seed: number; json?: boolean; trace?: string; report?: string }) => {
-      const recordTrace = options.trace !== undefined || options.report !== undefined || options.json === true
-      const result = options.scenario.run(options.seed, { recordTrace })
+    .option("--out <dir>", "write trace.txt and the run reports here (default reports/out/<scenario>-<seed>/)")
+    .option("--trace <file>", "also write the trace lines to FILE")
+    .option("--report <file>", "also write the HTML report (with the whole trace) to FILE")
+    .action((options: RunOptions) => {
+      const result = options.scenario.run(options.seed, { recordTrace: true })
+      const context = runContext(result)
       if (options.trace !== undefined) writeFileSync(options.trace, result.traceLines.join("\n") + "\n")
-      if (options.report !== undefined) writeFileSync(options.report, runHtml(result, runContext(result)))
-      if (options.json === true) console.log(JSON.stringify(runJson(result, runContext(result))))
-      else console.log(runText(result, runContext(result)))
+      if (options.report !== undefined) writeFileSync(options.report, runHtml(result, context))
+      const { files } = writeRunReport(result, context, outDir(result, options.out))
+      if (options.json === true) console.log(JSON.stringify({ ...runJson(result, context), files }))
+      else console.log([runText(result, context), ...files.map((file) => `wrote ${file}`)].join("\n"))
       process.exitCode = exitCodeOf(result)
     })
 
   sim.command("replay")
-    .description("re-run one seed and print its whole trace")
+    .description("re-run one seed, print its whole trace, outcome and trace hash (the hash a sweep records for that seed); write its reports to --out")
     .argument("<seed>", "seed", parseSeed)
-    .option("--scenario <name>", "scenario name", parseScenarioName, findScenario("append-log"))
-    .action((seed: number, options: { scenario: Scenario }) => {
+    .option("--scenario <name>", `scenario name; name it, sweeps run several (default ${REPLAY_SCENARIO_DEFAULT})`, parseScenarioName, findScenario(REPLAY_SCENARIO_DEFAULT))
+    .option("--out <dir>", "write trace.txt and the run reports here (default reports/out/<scenario>-<seed>/)")
+    .action((seed: number, options: { scenario: Scenario; out?: string }) => {
       const result = options.scenario.run(seed, { recordTrace: true })
+      const context = runContext(result)
+      const { files } = writeRunReport(result, context, outDir(result, options.out))
       for (const line of result.traceLines) console.log(line)
-      console.log(runText(result, runContext(result)))
+      console.log([runText(result, context), ...files.map((file) => `wrote ${file}`)].join("\n"))
       process.exitCode = exitCodeOf(result)
     })
 
   sim.command("sweep")
-    .description("run many seeds, re-run a sample in a child process to prove the hashes repeat")
+    .description("run many seeds in worker threads; re-run a sample and every failing seed in another worker to prove their hashes repeat")
     .requiredOption("--seeds <n>", "number of seeds", parsePositiveInteger)
     .option("--start <s>", "first seed", parseSeed, 0)
-    .option("--scenario <name>", "only this scenario", parseScenarioName)
+    .option("--scenario <name>", `only this scenario (default: ${SWEEP_SCENARIOS_DEFAULT.map((s) => s.name).join(", ")})`, parseScenarioName)
     .option("--shard <i/n>", "run only seeds with (seed mod n) == i", parseShard)
-    .option("--recheck-every <k>", "re-run every k-th seed in a child process", parsePositiveInteger, RECHECK_EVERY_DEFAULT)
+    .option("--jobs <j>", "worker threads (default: available parallelism)", parsePositiveInteger, availableParallelism())
+    .option("--recheck-every <k>", `re-run every k-th seed in another worker (at most ${RECHECK_EVERY_MAX}: 5% or more)`, parseRecheckEvery, RECHECK_EVERY_MAX)
     .option("--json", "print one JSON summary")
     .option("--report <file>", "write an HTML report to FILE")
-    .action((options: SweepOptions) => {
+    .option("--hashes <file>", "write each run's trace hash to FILE, one \"scenario seed hash\" line per run in seed order")
+    .option("--progress-interval-ms <ms>", "how often a non-terminal gets a progress line", parsePositiveInteger, PROGRESS_INTERVAL_MS_DEFAULT)
+    .action(async (options: SweepOptions) => {
       if (options.start + options.seeds - 1 > Number.MAX_SAFE_INTEGER) {
         throw new InvalidArgumentError(`--start ${options.start} --seeds ${options.seeds} runs past the largest seed, 2^53-1`)
       }
-      process.exitCode = sweep(options)
+      const outcome = await runSweep({
+        scenarios: options.scenario !== undefined ? [options.scenario] : SWEEP_SCENARIOS_DEFAULT,
+        start: options.start,
+        seeds: options.seeds,
+        shard: options.shard,
+        jobs: options.jobs,
+        recheckEvery: options.recheckEvery,
+        progress: { tty: process.stderr.isTTY === true, intervalMs: options.progressIntervalMs, stream: process.stderr }
+      })
+      if (options.report !== undefined) writeFileSync(options.report, sweepHtml(outcome.summary))
+      if (options.hashes !== undefined) writeFileSync(options.hashes, outcome.seedHashes.map((line) => `${line}\n`).join(""))
+      console.log(options.json === true ? JSON.stringify(sweepJson(outcome)) : sweepOutcomeText(outcome))
+      process.exitCode = outcome.exitCode
     })
+}
 
-  // Internal: hashes of a list of seeds, used by `sweep` to re-run seeds in a fresh process.
-  sim.command("hashes", { hidden: true })
-    .requiredOption("--scenario <name>", "scenario name", parseScenarioName)
-    .requiredOption("--seed-list <list>", "comma-separated seeds", (text: string) => text.split(",").map(parseSeed))
-    .option("--trace-dir <dir>", "write each seed's trace to DIR/<seed>.trace")
-    .action((options: { scenario: Scenario; seedList: number[]; traceDir?: string }) => {
-      for (const seed of options.seedList) {
-        const result = options.scenario.run(seed, { recordTrace: options.traceDir !== undefined })
-        if (options.traceDir !== undefined) writeFileSync(join(options.traceDir, `${seed}.trace`), result.traceLines.join("\n"))
-        console.log(JSON.stringify({ seed, traceHash: result.traceHash }))
-      }
-    })
+interface RunOptions {
+  scenario: Scenario
+  seed: number
+  json?: boolean
+  out?: string
+  trace?: string
+  report?: string
 }
 
 interface SweepOptions {
@@ -96,149 +137,56 @@ interface SweepOptions {
   start: number
   scenario?: Scenario
   shard?: { index: number; count: number }
+  jobs: number
   recheckEvery: number
   json?: boolean
   report?: string
-}
-
-function sweep(options: SweepOptions): number {
-  const scenarios = options.scenario !== undefined ? [options.scenario] : DEFAULT_SWEEP_SCENARIOS
-  const failures: SweepFailure[] = []
-  const marks = new Map<string, number>()
-  const work: Record<string, number> = {}
-  let runs = 0
-  let firstFailureAfterSeeds: number | undefined
-  let simulatedMs = 0
-  let rechecked = 0
-  const startedMs = Date.now()
-  for (const scenario of scenarios) {
-    const recheck: Array<{ seed: number; traceHash: string }> = []
-    let ranHere = 0
-    for (let seed = options.start; seed < options.start + options.seeds; seed++) {
-      if (options.shard !== undefined && seed % options.shard.count !== options.shard.index) continue
-      const result = scenario.run(seed, { recordTrace: false })
-      // Sampled by position among the seeds this shard runs, so every shard re-checks some.
-      const sampled = ranHere % options.recheckEvery === 0
-      ranHere++
-      runs++
-      simulatedMs += result.simulatedMs
-      for (const [key, value] of Object.entries(result.work)) work[key] = (work[key] ?? 0) + value
-      for (const mark of result.marks) marks.set(mark, (marks.get(mark) ?? 0) + 1)
-      if (!result.ok) {
-        failures.push(failureOf(result))
-        firstFailureAfterSeeds ??= runs
-      }
-      if (!result.ok || sampled) recheck.push({ seed, traceHash: result.traceHash })
-    }
-    rechecked += recheck.length
-    failures.push(...recheckInChild(scenario, recheck))
-  }
-  const elapsedMs = Date.now() - startedMs
-  const expected = new Set(scenarios.flatMap((s) => s.expectedMarks))
-  const missedMarks = [...expected].filter((mark) => !marks.has(mark)).sort()
-  const summary: SweepSummary = {
-    scenarios: scenarios.map((s) => s.name),
-    seeds: options.seeds,
-    start: options.start,
-    runs,
-    failures,
-    firstFailureAfterSeeds,
-    rechecked,
-    simulatedMs,
-    elapsedMs,
-    marks: Object.fromEntries([...marks].sort(([a], [b]) => (a < b ? -1 : 1))),
-    missedMarks,
-    work,
-    effect: EFFECT_VERSION,
-    commit: gitCommit()
-  }
-  if (options.report !== undefined) writeFileSync(options.report, sweepHtml(summary))
-  console.log(options.json === true ? JSON.stringify(summary) : sweepText(summary))
-  if (failures.some((f) => f.kind === "nondeterminism")) return EXIT_NONDETERMINISM
-  return failures.length > 0 ? EXIT_VIOLATION : EXIT_OK
-}
-
-/**
- * Re-runs seeds in a fresh process, in reverse order (so a run that depends on what ran before
- * it in the process shows up too); a differing hash is non-determinism, named by its first
- * differing trace line.
- */
-function recheckInChild(scenario: Scenario, seeds: ReadonlyArray<{ seed: number; traceHash: string }>): SweepFailure[] {
-  if (seeds.length === 0) return []
-  const seedList = seeds.map((s) => s.seed).reverse().join(",")
-  const child = spawnSync(process.execPath, [SK_BIN, "sim", "hashes", "--scenario", scenario.name, "--seed-list", seedList], {
-    encoding: "utf8",
-    maxBuffer: 64 * 1024 * 1024
-  })
-  if (child.status !== 0) {
-    return [{ scenario: scenario.name, seed: seeds[0]!.seed, kind: "nondeterminism", detail: `re-check process failed: ${child.stderr.trim()}`, repro: reproLine(scenario.name, seeds[0]!.seed) }]
-  }
-  const childHashes = new Map<number, string>()
-  for (const line of child.stdout.split("\n")) {
-    if (line.trim().length === 0) continue
-    const parsed = JSON.parse(line) as { seed: number; traceHash: string }
-    childHashes.set(parsed.seed, parsed.traceHash)
-  }
-  const failures: SweepFailure[] = []
-  for (const { seed, traceHash } of seeds) {
-    if (childHashes.get(seed) === traceHash) continue
-    failures.push({
-      scenario: scenario.name,
-      seed,
-      kind: "nondeterminism",
-      detail: `${scenario.name} seed ${seed}: hash ${traceHash.slice(0, 16)} here, ${childHashes.get(seed)?.slice(0, 16) ?? "none"} in a child process; ${describeDifference(scenario, seed)}`,
-      repro: reproLine(scenario.name, seed)
-    })
-  }
-  return failures
-}
-
-/** Records the trace here and in a child process and names the first line that differs. */
-export function describeDifference(scenario: Scenario, seed: number): string {
-  const here = scenario.run(seed, { recordTrace: true }).traceLines
-  const dir = mkdtempSync(join(tmpdir(), "sk-recheck-"))
-  try {
-    execFileSync(process.execPath, [SK_BIN, "sim", "hashes", "--scenario", scenario.name, "--seed-list", String(seed), "--trace-dir", dir])
-    const there = readFileSync(join(dir, `${seed}.trace`), "utf8").split("\n")
-    const index = firstDifference(here, there)
-    if (index === undefined) return "traces recorded again are equal (the difference depends on what ran before in the process)"
-    return `first difference at trace line ${index + 1}: here "${here[index] ?? "<end>"}", child "${there[index] ?? "<end>"}"`
-  } finally {
-    rmSync(dir, { recursive: true, force: true })
-  }
-}
-
-function failureOf(result: ScenarioResult): SweepFailure {
-  const nondeterministic = result.nondeterminism.length > 0
-  const detail = nondeterministic
-    ? `${result.scenario} seed ${result.seed}: touched ${distinctHits(result).map((h) => `${h.what} at ${h.site}`).join("; ")}`
-    : `${result.scenario} seed ${result.seed}: ${result.violations.map((v) => `${v.who} at ${v.atUs} µs: ${v.message}`).join("; ")}`
-  return { scenario: result.scenario, seed: result.seed, kind: nondeterministic ? "nondeterminism" : "violation", detail, repro: reproLine(result.scenario, result.seed) }
+  hashes?: string
+  progressIntervalMs: number
 }
 
 export function exitCodeOf(result: ScenarioResult): number {
-  if (result.nondeterminism.length > 0) return EXIT_NONDETERMINISM
-  return result.violations.length > 0 ? EXIT_VIOLATION : EXIT_OK
+  return exitCodeOfVerdict(verdictOf(result))
 }
 
-function runContext(result: ScenarioResult) {
-  return { effectVersion: EFFECT_VERSION, commit: gitCommit(), repro: reproLine(result.scenario, result.seed) }
-}
-
-export function reproLine(scenario: string, seed: number): string {
-  return `sk sim run --scenario ${scenario} --seed ${seed}   # commit ${gitCommit()} effect ${EFFECT_VERSION}`
-}
-
-let cachedCommit: string | undefined
-function gitCommit(): string {
-  if (cachedCommit === undefined) {
-    try {
-      cachedCommit = execFileSync("git", ["rev-parse", "--short=12", "HEAD"], { cwd: dirname(SK_BIN), encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }).trim()
-    } catch {
-      cachedCommit = "unknown"
-    }
+function sweepJson(outcome: SweepOutcome) {
+  return {
+    ...outcome.summary,
+    verdict: outcome.verdict,
+    exitCode: outcome.exitCode,
+    coverageFailures: outcome.coverageFailures,
+    coverageNotJudged: outcome.coverageNotJudged,
+    seedHashesDigest: outcome.seedHashesDigest
   }
-  return cachedCommit
+}
+
+/** The report's text, then what only the sweep knows: coverage judged or not, the hash digest, the verdict. */
+function sweepOutcomeText(outcome: SweepOutcome): string {
+  const lines = [sweepText(outcome.summary)]
+  for (const failure of outcome.coverageFailures) {
+    lines.push(`COVERAGE: ${failure.scenario} never reached mark ${failure.mark} in ${failure.runs} seeds`)
+  }
+  if (outcome.coverageNotJudged.length > 0) {
+    lines.push(`marks not required of ${outcome.coverageNotJudged.join(", ")}: fewer than ${MARKS_ENFORCED_RUNS_MIN} seeds each`)
+  }
+  lines.push(`seed hashes digest: ${outcome.seedHashesDigest}`)
+  const verdict = outcome.exitCode === EXIT_COVERAGE ? "coverage" : outcome.verdict
+  lines.push(`${outcome.exitCode === 0 ? "PASS" : `FAIL (${verdict})`}: exit ${outcome.exitCode}`)
+  return lines.join("\n")
+}
+
+function runContext(result: ScenarioResult): RunContext {
+  return { effectVersion: EFFECT_VERSION, commit: sourceCommit(), repro: reproLine(result.scenario, result.seed) }
+}
+
+function outDir(result: ScenarioResult, out: string | undefined): string {
+  return out ?? join("reports", "out", `${result.scenario}-${result.seed}`)
+}
+
+function parseRecheckEvery(text: string): number {
+  const every = parsePositiveInteger(text)
+  if (every > RECHECK_EVERY_MAX) throw new InvalidArgumentError(`--recheck-every must be at most ${RECHECK_EVERY_MAX} (re-check 5% of seeds or more), got ${every}`)
+  return every
 }
 
 function parseScenarioName(name: string): Scenario {
