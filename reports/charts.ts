@@ -194,7 +194,10 @@ export function progressChart(input: ProgressChartInput): string {
       ["commit", (s) => s.commitLsn, yLsn]
     ]
     for (const [measure, pick, y] of series) {
-      const points = samples.map((s) => [x.at(s.atUs), y.at(Math.max(measure === "term" ? 0 : lsnFloor, pick(s)))] as const)
+      // LSN 0 means no WAL yet (or, read from a trace, not known): no point rather than one at the floor.
+      const points = samples
+        .filter((s) => measure === "term" || pick(s) > 0)
+        .map((s) => [x.at(s.atUs), y.at(Math.max(measure === "term" ? 0 : lsnFloor, pick(s)))] as const)
       parts.push(`<polyline class="series ${measure}" data-node="${name}" stroke="${color}" points="${stepPath(points)}"><title>${name} ${measure}</title></polyline>`)
     }
     const legendY = termTop + 10 + index * 34
@@ -299,7 +302,8 @@ export function spaceTimeDiagram(input: SpaceTimeInput): string {
     const py = y(us)
     if (py - lastLabelY < rowHeight * 3) continue
     lastLabelY = py
-    parts.push(`<text class="tick" x="${left - 8}" y="${py}" text-anchor="end" dominant-baseline="middle">${formatSeconds(us)}</text>`)
+    // Microseconds: rows of one burst are often less than a millisecond apart.
+    parts.push(`<text class="tick" x="${left - 8}" y="${py}" text-anchor="end" dominant-baseline="middle">${(us / 1_000_000).toFixed(6)} s</text>`)
   }
   for (const f of faults) {
     const py = y(f.atUs)
