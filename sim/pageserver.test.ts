@@ -61,6 +61,8 @@ interface RunOptions {
   /** A partition breaks connections after this long (long: the pageserver's own timeout must notice). */
   readonly partitionBreakAfterUs?: number
   readonly manager?: Partial<ConnectionManagerConfig>
+  /** With a nonzero value, faults are enabled (crash-on-operation, restarts) until a test turns them off. */
+  readonly crashOnOperationProbability?: number
 }
 
 function runWorld(options: RunOptions): { readonly world: World; readonly observed: Observed; readonly traceHash: string } {
@@ -107,14 +109,14 @@ function runWorld(options: RunOptions): { readonly world: World; readonly observ
     },
     diskFaults: { ...NO_DISK_FAULTS, writeLatencyUs: [5, 50], fsyncLatencyUs: [100, 1_000] },
     netFaults: { ...DEFAULT_NET_FAULTS, chunkDelayUs: [50, 2_000], connectTimeoutUs: 500_000, partitionBreakAfterUs: options.partitionBreakAfterUs ?? 1_000_000 },
-    crashOnOperationProbability: 0,
+    crashOnOperationProbability: options.crashOnOperationProbability ?? 0,
     clockSkewUsMax: 1_000,
     restartDelayUs: [100_000, 300_000],
     recordTrace: options.recordTrace ?? false,
     traceHeader: ["pageserver test", `seed ${options.seed}`],
     crashExempt: [COMPUTE]
   })
-  world.faultsEnabled = false
+  world.faultsEnabled = (options.crashOnOperationProbability ?? 0) > 0
   options.faults?.(world, observed)
   for (const node of [...SAFEKEEPERS, COMPUTE, PAGESERVER]) world.start(node)
   const trips = world.run(options.untilUs)
@@ -343,6 +345,43 @@ describe("model pageserver", () => {
     expect(receivedEnd(observed)).toBeGreaterThan(persistedAtCrash + 128 * 1024)
     // Re-received WAL equals what the first life got (receivedImage checks every overlap).
     receivedImage(observed)
+  })
+
+  test.each([100, 105, 111])("seed %i: under crashes between operations, restarts, partitions and breaks, it keeps up", (seed) => {
+    const { observed } = runWorld({
+      seed,
+      untilUs: 6_000_000,
+      crashOnOperationProbability: 0.002,
+      faults: (w) => {
+        const kernel = w.kernel
+        for (let i = 0; i < 6; i++) {
+          kernel.after(kernel.intBetween(0, 4_000_000), () => {
+            const kind = kernel.intBetween(0, 3)
+            if (kind === 0) {
+              const node = kernel.pick([...SAFEKEEPERS, PAGESERVER])
+              w.crash(node, "test")
+              w.restartLater(node)
+            } else if (kind === 1) {
+              const node = kernel.pick(SAFEKEEPERS)
+              w.net.partition(PAGESERVER, node)
+              kernel.after(kernel.intBetween(100_000, 2_000_000), () => w.net.heal(PAGESERVER, node), undefined)
+            } else {
+              w.net.breakConnections(PAGESERVER, kernel.pick(SAFEKEEPERS))
+            }
+          }, undefined)
+        }
+        kernel.after(4_500_000, () => {
+          w.faultsEnabled = false
+          w.net.healAll()
+          for (const node of [...SAFEKEEPERS, COMPUTE, PAGESERVER]) if (!w.isUp(node)) w.start(node)
+        }, undefined)
+      }
+    })
+    receivedImage(observed)
+    expect(observed.feedbackAhead).toEqual([])
+    expect(observed.switches.length).toBeGreaterThan(1)
+    // 1.5 s after the faults stop it is within one walsender chunk of the commit.
+    expect(receivedEnd(observed)).toBeGreaterThan(Math.max(...commitLsns(observed)) - 128 * 1024)
   })
 
   test("a seed replays to the same trace hash", () => {
