@@ -224,11 +224,13 @@ export async function runSweep(request: SweepRequest): Promise<SweepOutcome> {
     // before it in its thread sees a different history.
     await Promise.all(Array.from({ length: recheckWorkers }, async (_, id) => {
       const mine = recheck.filter((task) => (ranBy[task.index]! + 1) % recheckWorkers === id).reverse()
+      if (mine.length === 0) return
       const worker = workerAt(id)
       for (let at = 0; at < mine.length; at += BATCH_TASKS_MAX) {
         await worker.run(mine.slice(at, at + BATCH_TASKS_MAX), (outcome) => {
           rerunBy.set(outcome.index, id)
           rerunHash.set(outcome.index, outcome.traceHash)
+          if (outcome.traceHash !== ran[outcome.index]!.traceHash) failed++
           progress.rechecked(failed)
         })
       }
@@ -243,10 +245,13 @@ export async function runSweep(request: SweepRequest): Promise<SweepOutcome> {
       const secondWorker = rerunBy.get(task.index)!
       let detail = `${task.scenario} seed ${task.seed}: hash ${first.traceHash.slice(0, 16)} in worker ${firstWorker}, ${again?.slice(0, 16) ?? "none"} when re-run in worker ${secondWorker}`
       if (recheckFailures.length < DIFFERENCES_DESCRIBED_MAX) {
-        detail += `; ${await describeDifference(task, workerAt(firstWorker), workerAt(secondWorker))}`
+        // Against a fresh thread: its history (none) differs from the first worker's, so state
+        // left behind by earlier runs shows up even where both re-check workers ran the same seeds.
+        const fresh = workerAt(pool.length)
+        detail += `; ${await describeDifference(task, workerAt(firstWorker), fresh)}`
+        await fresh.close()
       }
       recheckFailures.push({ task, detail })
-      failed++
     }
     progress.stop(failed)
     return summarize(request, tasks, ran, recheck.length, recheckFailures, Date.now() - startedMs)
@@ -256,16 +261,17 @@ export async function runSweep(request: SweepRequest): Promise<SweepOutcome> {
   }
 }
 
-/** Records the trace in both workers and names the first line that differs. */
+/** Records the trace in both workers (the second one fresh) and names the first line that differs. */
 async function describeDifference(task: SeedTask, first: SweepWorker, second: SweepWorker): Promise<string> {
   const [here, there] = await Promise.all([first.trace(task), second.trace(task)])
   const index = firstDifference(here, there)
   if (index === undefined) return "traces recorded again are equal (the difference depends on what ran before in the thread)"
-  return `first difference at trace line ${index + 1}: worker ${first.id} "${here[index] ?? "<end>"}", worker ${second.id} "${there[index] ?? "<end>"}"`
+  return `first difference at trace line ${index + 1}: worker ${first.id} "${here[index] ?? "<end>"}", fresh worker ${second.id} "${there[index] ?? "<end>"}"`
 }
 
-function summarize(
-  request: SweepRequest,
+/** The summary, in seed order whatever order the outcomes arrived in. */
+export function summarize(
+  request: Pick<SweepRequest, "scenarios" | "start" | "seeds">,
   tasks: ReadonlyArray<SeedTask>,
   outcomes: ReadonlyArray<SeedOutcome>,
   rechecked: number,
