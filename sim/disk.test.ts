@@ -8,7 +8,7 @@
 import { Cause, Effect, Exit, Fiber } from "effect"
 import fc from "fast-check"
 import { describe, expect, test } from "vitest"
-import { Disk, DiskError, type DiskErrorReason } from "../core/io/disk.js"
+import { Disk, DiskError, type DiskErrorReason, type DiskFile } from "../core/io/disk.js"
 import { compareNames, NO_DISK_FAULTS, normalizePath, SECTOR_SIZE_BYTES, SimDisk, type DiskFaults, type DiskHooks } from "./disk.js"
 import { Incarnation, Kernel } from "./kernel.js"
 import { forkInLife } from "./runtime.js"
@@ -608,8 +608,110 @@ describe("SimDisk crash model: directories", () => {
   })
 })
 
+describe("SimDisk crash model: directories, any-subset", () => {
+  const ANY_SUBSET: DiskFaults = { ...NO_DISK_FAULTS, metadataCrashModel: "any-subset" }
+
+  // Regression (issue 7, item 2): before, only an in-order prefix of a directory's unsynced
+  // creates survived whatever the faults said. Method: ten creates with synced data and no
+  // directory sync, crashed over many seeds; the surviving set must sometimes have a hole.
+  test("independent creates survive as any subset; synced names always do", () => {
+    let withHole = 0
+    let vanished = 0
+    for (let seed = 0; seed < 120; seed++) {
+      const syncedCount = seed % 4
+      const bench = new Bench(seed, ANY_SUBSET)
+      bench.run(Effect.gen(function* () {
+        const disk = yield* Disk
+        yield* disk.mkdir("/d")
+        yield* disk.syncDirectory("/")
+        for (let i = 0; i < 10; i++) {
+          yield* putFile(`/d/f${i}`, bytes(10, i + 1), { sync: true })
+          if (i + 1 === syncedCount) yield* disk.syncDirectory("/d")
+        }
+      }))
+      bench.crash()
+      const names = bench.disk.listNow("/d")
+      const present = Array.from({ length: 10 }, (_, i) => names.includes(`f${i}`))
+      for (let i = 0; i < syncedCount; i++) expect(present[i]).toBe(true)
+      for (const name of names) expect([...bench.disk.readFileNow(`/d/${name}`)!]).toEqual([...bytes(10, Number(name.slice(1)) + 1)])
+      const firstMissing = present.indexOf(false)
+      if (firstMissing >= 0 && present.slice(firstMissing).some((p) => p)) withHole++
+      if (firstMissing >= 0) vanished++
+    }
+    expect(withHole).toBeGreaterThan(10)
+    expect(vanished).toBeGreaterThan(withHole)
+  })
+
+  test("a freed name is reused only if what freed it survived: a moved file is never lost", () => {
+    const outcomes = new Set<string>()
+    for (let seed = 0; seed < 150; seed++) {
+      const bench = new Bench(seed, ANY_SUBSET)
+      bench.run(Effect.gen(function* () {
+        const disk = yield* Disk
+        yield* putFile("/a", bytes(4, 1), { sync: true, syncDirectory: "/" })
+        for (let i = 0; i < 3; i++) yield* putFile(`/x${i}`, bytes(4, 9), { sync: true }) // unrelated noise
+        yield* disk.rename("/a", "/b")
+        yield* putFile("/a", bytes(4, 2), { sync: true })
+      }))
+      bench.crash()
+      const a = bench.disk.readFileNow("/a")?.[0]
+      const b = bench.disk.readFileNow("/b")?.[0]
+      const state = `a=${a ?? "-"} b=${b ?? "-"}`
+      expect(["a=1 b=-", "a=- b=1", "a=2 b=1"]).toContain(state)
+      outcomes.add(state)
+    }
+    expect([...outcomes].sort()).toEqual(["a=- b=1", "a=1 b=-", "a=2 b=1"])
+  })
+
+  test("a rename across directories whose create was undone still names the file; never two names, never lost once the destination is synced", () => {
+    const outcomes = new Map<string, Set<string>>([["none", new Set()], ["destination", new Set()]])
+    for (let seed = 0; seed < 150; seed++) {
+      for (const mode of ["none", "destination"] as const) {
+        const bench = new Bench(seed, ANY_SUBSET)
+        bench.run(Effect.gen(function* () {
+          const disk = yield* Disk
+          yield* disk.mkdir("/a")
+          yield* disk.mkdir("/b")
+          yield* disk.syncDirectory("/")
+          yield* putFile("/a/tmp", bytes(8, 3), { sync: true }) // the create is not durable
+          yield* disk.rename("/a/tmp", "/b/f")
+          if (mode === "destination") yield* disk.syncDirectory("/b")
+        }))
+        bench.crash()
+        const inA = bench.disk.listNow("/a").includes("tmp")
+        const inB = bench.disk.listNow("/b").includes("f")
+        expect(inA && inB).toBe(false)
+        if (mode === "destination") expect(inB).toBe(true)
+        if (inB) expect([...bench.disk.readFileNow("/b/f")!]).toEqual([...bytes(8, 3)])
+        if (inA) expect([...bench.disk.readFileNow("/a/tmp")!]).toEqual([...bytes(8, 3)])
+        outcomes.get(mode)!.add(inA ? "tmp" : inB ? "f" : "none")
+      }
+    }
+    expect([...outcomes.get("none")!].sort()).toEqual(["f", "none", "tmp"])
+    expect([...outcomes.get("destination")!]).toEqual(["f"])
+  })
+
+  test("prefix stays the default: no hole ever, and the same draws as an explicit prefix", () => {
+    for (let seed = 0; seed < 40; seed++) {
+      const traces = [NO_DISK_FAULTS, { ...NO_DISK_FAULTS, metadataCrashModel: undefined }].map((faults) => {
+        const bench = new Bench(seed, faults)
+        bench.run(Effect.gen(function* () {
+          const disk = yield* Disk
+          for (let i = 0; i < 6; i++) yield* putFile(`/f${i}`, bytes(4, i + 1), { sync: true })
+        }))
+        bench.crash()
+        const present = Array.from({ length: 6 }, (_, i) => bench.disk.listNow("/").includes(`f${i}`))
+        const firstMissing = present.indexOf(false)
+        if (firstMissing >= 0) expect(present.slice(firstMissing).every((p) => !p)).toBe(true)
+        return bench.kernel.trace.hash()
+      })
+      expect(traces[1]).toBe(traces[0])
+    }
+  })
+})
+
 describe("SimDisk faults", () => {
-  test("after a failed fsync the pages it was flushing are gone; writes issued during it stay", () => {
+  test("after a failed fsync the pages it was flushing are lost (still readable until a crash); writes issued during it stay dirty", () => {
     const faults: MutableFaults = { ...NO_DISK_FAULTS, fsyncLatencyUs: [50, 50] }
     const bench = new Bench(1, faults)
     bench.run(putFile("/f", bytes(2048, 1), { sync: true, syncDirectory: "/" }))
@@ -624,8 +726,8 @@ describe("SimDisk faults", () => {
       return (yield* Fiber.join(sync)).reason
     }))
     expect(reason).toBe("EIO")
-    const expected = [...bytes(1024, 1), ...bytes(512, 3), ...bytes(512, 1)]
-    expect([...bench.disk.readFileNow("/f")!]).toEqual(expected)
+    // The page cache still holds the lost write: a reader sees what it wrote.
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(512, 2), ...bytes(512, 1), ...bytes(512, 3), ...bytes(512, 1)])
     expect(bench.disk.stats.injectedErrors).toBe(1)
     faults.eioOnFsyncProbability = 0
     bench.run(Effect.gen(function* () {
@@ -633,22 +735,80 @@ describe("SimDisk faults", () => {
       yield* (yield* disk.open("/f")).sync
     }))
     bench.crash()
-    expect([...bench.disk.readFileNow("/f")!]).toEqual(expected)
+    // The lost write was never written back, even by the later successful sync.
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(1024, 1), ...bytes(512, 3), ...bytes(512, 1)])
   })
 
   test.each([
     ["EIO", { eioOnFsyncProbability: 1 }],
     ["ENOSPC", { enospcOnFsyncProbability: 1 }]
-  ] as const)("a failed fsync (%s) of a new file loses its data even before any crash", (expected, faults) => {
-    const bench = new Bench(5, { ...NO_DISK_FAULTS, ...faults })
+  ] as const)("a failed fsync (%s) of a new file: its data stays readable until a crash, then is gone", (expected, faults) => {
+    const bench = new Bench(5, NO_DISK_FAULTS)
     const reason = bench.run(Effect.gen(function* () {
       const disk = yield* Disk
       const file = yield* disk.open("/f", { create: true })
       yield* file.write(0, bytes(100, 1))
+      yield* disk.syncDirectory("/") // the name is durable: only the data can be lost
+      bench.disk.setFaults({ ...NO_DISK_FAULTS, ...faults })
       return yield* reasonOf(file.sync)
     }))
     expect(reason).toBe(expected)
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(100, 1)])
+    bench.crash()
     expect(bench.disk.readFileNow("/f")!.length).toBe(0)
+  })
+
+  // Regression (issue 7, item 1): before, another descriptor's fsync succeeded after the EIO and
+  // re-reads returned the durable content. Method: three descriptors, one opened after the
+  // failure; each fsync's outcome is checked in turn, then a crash shows what the disk kept.
+  test("a writeback error is reported once to every descriptor open at the time, as Linux's errseq_t", () => {
+    const faults: MutableFaults = { ...NO_DISK_FAULTS }
+    const bench = new Bench(3, faults)
+    bench.run(putFile("/f", bytes(1024, 1), { sync: true, syncDirectory: "/" }))
+    const outcome = bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      const a = yield* disk.open("/f")
+      const b = yield* disk.open("/f")
+      yield* a.write(0, bytes(512, 2))
+      faults.eioOnFsyncProbability = 1
+      const aFirst = yield* reasonOf(a.sync)
+      faults.eioOnFsyncProbability = 0
+      const aReread = [...(yield* a.read(0, 1024))]
+      const c = yield* disk.open("/f") // opened after the failure: not its error
+      yield* b.write(512, bytes(512, 3)) // dirty after the failure: b's sync writes it back, then reports
+      const bFirst = yield* reasonOf(b.datasync)
+      const bSecond = yield* Effect.exit(b.sync)
+      const aSecond = yield* Effect.exit(a.sync)
+      const cFirst = yield* Effect.exit(c.sync)
+      return { aFirst, aReread, bFirst, bSecond: Exit.isSuccess(bSecond), aSecond: Exit.isSuccess(aSecond), cFirst: Exit.isSuccess(cFirst) }
+    }))
+    expect(outcome).toEqual({
+      aFirst: "EIO", aReread: [...bytes(512, 2), ...bytes(512, 1)], bFirst: "EIO", bSecond: true, aSecond: true, cFirst: true
+    })
+    expect(bench.kernel.trace.lines).toContain("0 n#1 disk datasync /f EIO (earlier writeback)")
+    bench.crash()
+    // The lost write is gone; what b wrote after the failure was made durable by b's sync.
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(512, 1), ...bytes(512, 3)])
+  })
+
+  test("a lost write that extended the file: the size it added is lost too; truncations stay pending", () => {
+    const faults: MutableFaults = { ...NO_DISK_FAULTS }
+    const bench = new Bench(4, faults)
+    bench.run(putFile("/f", bytes(600, 1), { sync: true, syncDirectory: "/" }))
+    bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      const file = yield* disk.open("/f")
+      yield* file.truncate(100)
+      yield* file.write(100, bytes(400, 2))
+      faults.enospcOnFsyncProbability = 1
+      expect(yield* reasonOf(file.sync)).toBe("ENOSPC")
+      faults.enospcOnFsyncProbability = 0
+      expect((yield* file.size)).toBe(500)
+      yield* file.sync // writes back the truncation, which the failure left dirty
+    }))
+    bench.crash()
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(100, 1)])
+    expect(bench.disk.liveBytesNow).toBe(100)
   })
 
   test("ENOSPC when live bytes would exceed capacity; unlink frees space", () => {
@@ -690,13 +850,118 @@ describe("SimDisk faults", () => {
     }
   })
 
-  test("wipe leaves an empty disk", () => {
-    const bench = new Bench(1)
-    bench.run(putFile("/d", bytes(4, 1), { sync: true, syncDirectory: "/" }))
-    bench.life.alive = false
+  test("capacity follows the live bytes: replaced, truncated and unlinked files free space; a crash recounts; unlinked open files are not counted", () => {
+    const bench = new Bench(2, { ...NO_DISK_FAULTS, capacityBytes: 1000 })
+    const result = bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      yield* putFile("/a", bytes(600, 1), { sync: true, syncDirectory: "/" })
+      yield* putFile("/a.tmp", bytes(400, 2), { sync: true })
+      const full = yield* reasonOf(putFile("/b", bytes(1, 3), { sync: false }))
+      yield* disk.rename("/a.tmp", "/a") // the 600 bytes it replaced are free now
+      const afterRename = bench.disk.liveBytesNow
+      const c = yield* disk.open("/c", { create: true })
+      yield* c.write(0, bytes(600, 4))
+      yield* c.truncate(100)
+      const afterTruncate = bench.disk.liveBytesNow
+      yield* disk.unlink("/c")
+      yield* c.write(0, bytes(2000, 5)) // an unlinked open file takes no space here
+      const d = yield* disk.open("/d", { create: true })
+      yield* d.write(0, bytes(500, 6)) // unsynced: a crash may lose it
+      return { full, afterRename, afterTruncate, beforeCrash: bench.disk.liveBytesNow }
+    }))
+    expect(result).toEqual({ full: "ENOSPC", afterRename: 400, afterTruncate: 500, beforeCrash: 900 })
+    bench.crash()
+    const kept = (bench.disk.readFileNow("/a")?.length ?? 0) + (bench.disk.readFileNow("/a.tmp")?.length ?? 0) + (bench.disk.readFileNow("/d")?.length ?? 0)
+    expect(bench.disk.liveBytesNow).toBe(kept)
+  })
+
+  test("injected ENOSPC on write, at a probability, refuses some writes and changes nothing for them", () => {
+    const bench = new Bench(6, { ...NO_DISK_FAULTS, enospcOnWriteProbability: 0.3 })
+    const outcomes = bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      let file = yield* disk.open("/f", { create: true })
+      const refused: number[] = []
+      for (let i = 0; i < 40; i++) {
+        const exit = yield* Effect.exit(file.write(i * 10, bytes(10, i + 1)))
+        if (Exit.isFailure(exit)) refused.push(i)
+      }
+      file = yield* disk.open("/f")
+      return { refused, content: [...(yield* file.read(0, 400))] }
+    }))
+    expect(outcomes.refused.length).toBeGreaterThan(3)
+    expect(outcomes.refused.length).toBeLessThan(30)
+    for (let i = 0; i < 40; i++) {
+      const chunk = outcomes.content.slice(i * 10, i * 10 + 10)
+      if (outcomes.refused.includes(i)) expect(chunk.every((b) => b === 0)).toBe(true)
+      else expect(chunk).toEqual([...bytes(10, i + 1)])
+    }
+  })
+
+  test("whole-disk loss: wipe leaves nothing, and nothing from before comes back", () => {
+    const faults: MutableFaults = { ...NO_DISK_FAULTS, fsyncLatencyUs: [1000, 1000], capacityBytes: 4096 }
+    const bench = new Bench(1, faults)
+    bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      yield* disk.mkdir("/data/t1")
+      yield* disk.syncDirectory("/")
+      yield* disk.syncDirectory("/data")
+      yield* putFile("/data/t1/seg", bytes(3000, 1), { sync: true, syncDirectory: "/data/t1" })
+      yield* putFile("/data/t1/unsynced", bytes(500, 2), { sync: false })
+    }))
+    // An old-life sync in flight at the wipe, and an old handle kept for later.
+    const oldLife = bench.life
+    let oldHandle: DiskFile | undefined
+    const pendingSync = bench.start(Effect.gen(function* () {
+      const disk = yield* Disk
+      oldHandle = yield* disk.open("/data/t1/seg")
+      yield* oldHandle.write(0, bytes(10, 9))
+      yield* oldHandle.sync
+      return "synced"
+    }))
+    bench.kernel.run({ untilUs: bench.kernel.nowUs + 10 })
+    oldLife.alive = false
     bench.disk.wipe()
+    bench.kernel.run()
+    expect(pendingSync.pollUnsafe()).toBeUndefined()
     expect(bench.disk.listNow("/")).toEqual([])
     expect(bench.disk.liveBytesNow).toBe(0)
+    expect(bench.disk.readFileNow("/data/t1/seg")).toBeUndefined()
+    bench.crash() // a crash after the wipe brings nothing back (no pending state survives it)
+    expect(bench.disk.listNow("/")).toEqual([])
+    const fresh = bench.run(Effect.gen(function* () {
+      const disk = yield* Disk
+      const stat = yield* disk.stat("/data/t1/seg")
+      const read = yield* reasonOf(disk.readFile("/data/t1/seg"))
+      const list = yield* disk.list("/")
+      // The whole capacity is free again.
+      yield* putFile("/full", bytes(4096, 7), { sync: true, syncDirectory: "/" })
+      return { stat, read, list }
+    }))
+    expect(fresh).toEqual({ stat: undefined, read: "NotFound", list: [] })
+    expect(bench.disk.listNow("/")).toEqual(["full"])
+    expect(bench.kernel.trace.lines.filter((line) => line.endsWith("disk wipe"))).toHaveLength(1)
+  })
+})
+
+describe("SimDisk data digest", () => {
+  /** The same writes with other bytes of the same length (zeros when fill is 0). */
+  function run(fill: number) {
+    const bench = new Bench(7, { ...NO_DISK_FAULTS, writeLatencyUs: [1, 5] })
+    bench.run(putFile("/f", bytes(300, fill), { sync: true, syncDirectory: "/" }))
+    return { lines: bench.kernel.trace.lines, folded: bench.kernel.trace.foldedBytes, hash: bench.kernel.trace.hash() }
+  }
+
+  // Regression (issue 7, item 3): before, bytes written to disk were not folded into the hash.
+  test("every byte written is folded into the trace hash; zeros are folded as a mark", () => {
+    const ones = run(1)
+    const twos = run(2)
+    const zeros = run(0)
+    expect(twos.lines).toEqual(ones.lines)
+    expect(zeros.lines).toEqual(ones.lines)
+    expect(ones.folded).toBe(300)
+    expect(zeros.folded).toBe(0)
+    expect(new Set([ones.hash, twos.hash, zeros.hash]).size).toBe(3)
+    expect(run(1).hash).toBe(ones.hash)
   })
 })
 

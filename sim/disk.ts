@@ -19,9 +19,18 @@ import type { Incarnation, Kernel } from "./kernel.js"
  * - `sync` and `datasync` are the same here: both make the file's data and size durable (Linux
  *   makes size changes durable on fdatasync). Neither makes the file's name durable: that is the
  *   parent directory's `syncDirectory` (POSIX; ext4 is kinder, we are not).
- * - A failed file sync (EIO) drops the operations it was flushing from the page cache: reads
- *   show the durable content again (PostgreSQL's "fsyncgate"). Writes issued while that sync
- *   was in flight stay unsynced. A failed `syncDirectory` leaves its operations pending.
+ * - A failed file sync (EIO or ENOSPC) is a failed writeback of the file's dirty pages, as on
+ *   Linux since 4.13 (errseq_t; PostgreSQL's "fsyncgate"): the writes it was flushing are no
+ *   longer dirty and will never be written (after a crash they are gone, and so is the size
+ *   they added), yet reads keep returning them from the page cache until the next crash, so a
+ *   process that re-reads sees what it wrote, which is why a failed fsync must never be retried
+ *   as if it could succeed. Truncations are inode metadata, not pages: they stay pending. The
+ *   error is reported once to every descriptor open on the file at the time: the failing one
+ *   now, each other one at its next sync (which still writes back what is dirty, then fails);
+ *   later syncs on a descriptor that saw it succeed as if nothing was lost, and a descriptor
+ *   opened after the failure never sees it. Writes issued while the failing sync was in flight
+ *   stay dirty. Any injected sync failure counts as a writeback error, even with nothing
+ *   dirty. A failed `syncDirectory` leaves its operations pending.
  * - Rename within one directory is one atomic metadata operation of that directory. A rename
  *   across directories is two: linking the new name (durable with the destination directory)
  *   and removing the old name (durable with the source directory). At a crash the removal
@@ -29,9 +38,18 @@ import type { Incarnation, Kernel } from "./kernel.js"
  *   the newer one (what fsck does with a half-done rename), so a crash never duplicates a
  *   directory; it loses a file only if the source directory was synced and the destination
  *   was not.
- * - Crash, per directory: a random prefix of its pending metadata log survives (so a later
- *   operation never survives without the earlier ones of that directory). Whatever is no longer
- *   reachable from the root is gone (files in an undone mkdir go with it). Per file: each unsynced
+ * - Crash, per directory, with `metadataCrashModel` "prefix" (the default, ext4-like): a random
+ *   prefix of its pending metadata log survives (so a later operation never survives without
+ *   the earlier ones of that directory). With "any-subset" each pending operation survives on
+ *   its own (at a rate drawn per crash), except that an operation needs the earlier pending
+ *   operations of its directory that touched one of its names (per name, a prefix survives: a
+ *   create that reuses a name needs the unlink or rename that freed it, and a rename within a
+ *   directory needs the create of its source). A rename across directories whose create did
+ *   not survive still links the file under its new name (a create only names a node; the
+ *   node's data is the file's own business), which is the state "create then rename" would
+ *   leave. In both models the removal half of a rename across directories needs its link
+ *   half. Whatever is no longer reachable from the root is gone (files in an undone mkdir, and
+ *   in a directory whose rmdir survived while removals inside it did not, go with it). Per file: each unsynced
  *   write survives independently, whole or torn at 512-byte sector boundaries (aligned to the
  *   absolute offset): to a prefix, or, in half the crashes, to any subset of its sectors; and
  *   survivors are applied in a random order; truncations are
@@ -53,7 +71,11 @@ export interface DiskFaults {
   readonly enospcOnFsyncProbability: number
   /** ENOSPC when the live bytes (current sizes of linked files) would exceed it. */
   readonly capacityBytes: number | undefined
+  /** Which unsynced metadata operations a crash keeps (see above); "prefix" when absent. */
+  readonly metadataCrashModel?: MetadataCrashModel
 }
+
+export type MetadataCrashModel = "prefix" | "any-subset"
 
 export const NO_DISK_FAULTS: DiskFaults = {
   writeLatencyUs: [0, 0],
@@ -62,7 +84,8 @@ export const NO_DISK_FAULTS: DiskFaults = {
   eioOnFsyncProbability: 0,
   enospcOnWriteProbability: 0,
   enospcOnFsyncProbability: 0,
-  capacityBytes: undefined
+  capacityBytes: undefined,
+  metadataCrashModel: "prefix"
 }
 
 export const SECTOR_SIZE_BYTES = 512
@@ -270,6 +293,9 @@ export class SimDisk {
 
   private handle(caller: Caller, path: string, file: FileNode): DiskFile {
     let closed = false
+    // errseq_sample at open: a writeback error from before this open is not this descriptor's.
+    const descriptor: Descriptor = { seenErrorSequence: file.errorSequence }
+    const foldLabel = `disk ${this.name}:${path}`
     const ifOpen = <A>(operation: string, act: () => Outcome<A>) => (): Outcome<A> =>
       closed ? this.fail(undefined, "Closed", operation, path, "the handle is closed") : act()
     return {
@@ -280,11 +306,11 @@ export class SimDisk {
           assertByteCount(length, "read length")
           return this.ok(file.current.read(offsetBytes, length))
         })),
-      write: (offsetBytes, data) => this.run(caller, "write", path, ifOpen("write", () => this.write(caller, path, file, offsetBytes, data))),
+      write: (offsetBytes, data) => this.run(caller, "write", path, ifOpen("write", () => this.write(caller, path, foldLabel, file, offsetBytes, data))),
       size: this.run(caller, "size", path, ifOpen("size", () => this.ok(file.current.sizeBytes))),
       truncate: (sizeBytes) => this.run(caller, "truncate", path, ifOpen("truncate", () => this.truncate(caller, path, file, sizeBytes))),
-      datasync: this.syncFile(caller, path, file, "datasync", () => closed),
-      sync: this.syncFile(caller, path, file, "sync", () => closed),
+      datasync: this.syncFile(caller, path, file, descriptor, "datasync", () => closed),
+      sync: this.syncFile(caller, path, file, descriptor, "sync", () => closed),
       close: Effect.suspend(() => {
         if (!this.admit(caller, "close", path)) return Effect.never
         closed = true
@@ -293,7 +319,7 @@ export class SimDisk {
     }
   }
 
-  private write(caller: Caller, path: string, file: FileNode, offsetBytes: number, data: Uint8Array): Outcome<void> {
+  private write(caller: Caller, path: string, foldLabel: string, file: FileNode, offsetBytes: number, data: Uint8Array): Outcome<void> {
     assertByteCount(offsetBytes, "write offset")
     const endBytes = offsetBytes + data.length
     const detail = `@${offsetBytes} +${data.length}`
@@ -303,6 +329,9 @@ export class SimDisk {
       const growthBytes = Math.max(0, endBytes - file.current.sizeBytes)
       // Zero-filling (new WAL segments) is common: keep no copy of zeros.
       const copy = isAllZero(data) ? undefined : this.copies.copy(data)
+      // The data digest (DESIGN.md §3); zeros are folded as a mark only (the trace line gives
+      // where and how many), so zero-filling a segment costs no hashing.
+      this.kernel.trace.foldBytes(foldLabel, copy ?? EMPTY_BYTES)
       file.current.write(offsetBytes, copy, data.length)
       file.pending.push({ kind: "write", sequence: this.sequence++, offsetBytes, lengthBytes: data.length, data: copy })
       this.dirtyFiles.add(file)
@@ -345,7 +374,9 @@ export class SimDisk {
     return undefined
   }
 
-  private syncFile(caller: Caller, path: string, file: FileNode, operation: "sync" | "datasync", isClosed: () => boolean): Effect.Effect<void, DiskError> {
+  private syncFile(
+    caller: Caller, path: string, file: FileNode, descriptor: Descriptor, operation: "sync" | "datasync", isClosed: () => boolean
+  ): Effect.Effect<void, DiskError> {
     return Effect.suspend(() => {
       if (!this.admit(caller, operation, path)) return Effect.never
       if (isClosed()) return Effect.fail(new DiskError({ reason: "Closed", operation, path, message: "the handle is closed" }))
@@ -357,13 +388,21 @@ export class SimDisk {
       this.log(caller, `disk ${operation} ${path}`)
       const finish = (): Effect.Effect<void, DiskError> => {
         if (failure !== undefined) {
-          this.dropUnsynced(file, snapshot)
+          this.loseWriteback(file, snapshot, failure)
+          descriptor.seenErrorSequence = file.errorSequence
           this.stats.injectedErrors++
           this.log(caller, `disk ${operation} ${path} ${failure}`)
-          return Effect.fail(new DiskError({ reason: failure, operation, path, message: `injected ${failure}; unsynced pages dropped` }))
+          return Effect.fail(new DiskError({ reason: failure, operation, path, message: `injected ${failure}; unsynced pages lost` }))
         }
         this.flushFile(file, snapshot)
         this.stats.fsyncs++
+        if (descriptor.seenErrorSequence !== file.errorSequence) {
+          // errseq_t: an error another descriptor's writeback met is reported here once.
+          descriptor.seenErrorSequence = file.errorSequence
+          const reason = file.errorReason
+          this.log(caller, `disk ${operation} ${path} ${reason} (earlier writeback)`)
+          return Effect.fail(new DiskError({ reason, operation, path, message: `an earlier writeback of this file failed (${reason}); its unsynced pages are lost` }))
+        }
         if (delayUs > 0) this.log(caller, `disk ${operation} ${path} done`)
         return Effect.void
       }
@@ -380,20 +419,29 @@ export class SimDisk {
       flushed++
     }
     file.pending.splice(0, flushed)
-    if (file.pending.length === 0) this.dirtyFiles.delete(file)
+    if (file.pending.length === 0 && !file.cacheOnly) this.dirtyFiles.delete(file)
   }
 
-  /** After a failed fsync the pages it was writing back are gone from the page cache too. */
-  private dropUnsynced(file: FileNode, snapshot: number): void {
-    let dropped = 0
-    while (dropped < file.pending.length && file.pending[dropped]!.sequence < snapshot) dropped++
-    if (dropped === 0) return
-    file.pending.splice(0, dropped)
-    const oldSizeBytes = file.current.sizeBytes
-    file.current = file.durable.clone()
-    for (const op of file.pending) applyFileOp(file.current, op)
-    if (file.linkCount > 0) this.liveBytes += file.current.sizeBytes - oldSizeBytes
-    if (file.pending.length === 0) this.dirtyFiles.delete(file)
+  /**
+   * A failed writeback: the writes issued before `snapshot` are no longer dirty and never reach
+   * the disk, but stay in the page cache (the current view) until a crash; truncations stay
+   * pending. The file's error sequence moves on, so every other descriptor reports it once.
+   */
+  private loseWriteback(file: FileNode, snapshot: number, reason: DiskErrorReason): void {
+    file.errorSequence++
+    file.errorReason = reason
+    let kept = 0
+    let lostCount = 0
+    for (const op of file.pending) {
+      if (op.kind === "write" && op.sequence < snapshot) lostCount++
+      else file.pending[kept++] = op
+    }
+    file.pending.length = kept
+    if (lostCount === 0) return
+    // The current view now holds bytes the durable content will never have: a crash must
+    // reset it even when nothing is pending, so the file stays on the dirty list.
+    file.cacheOnly = true
+    this.dirtyFiles.add(file)
   }
 
   private readWhole(path: string): Outcome<Uint8Array> {
@@ -529,16 +577,27 @@ export class SimDisk {
     for (const op of dir.pending) {
       if (op.sequence >= snapshot) break
       applyChanges(dir.durable, op.changes)
-      op.durable = true
+      makeDurable(op)
       flushed++
     }
     dir.pending.splice(0, flushed)
-    if (dir.pending.length === 0) this.dirtyDirectories.delete(dir)
+    if (dir.pending.length === 0) {
+      this.dirtyDirectories.delete(dir)
+      dir.lastOpByName.clear()
+    }
   }
 
   /** Records a metadata operation in `dir`'s log and applies it to the current view. */
   private addMetadata(dir: DirectoryNode, changes: ReadonlyArray<EntryChange>, renameDestination: DirectoryOp | undefined): DirectoryOp {
-    const op: DirectoryOp = { sequence: this.sequence++, changes, renameDestination, durable: false, crashIndex: 0 }
+    let predecessors: DirectoryOp[] | undefined
+    for (const [name] of changes) {
+      const previous = dir.lastOpByName.get(name)
+      if (previous !== undefined && !previous.durable) (predecessors ??= []).push(previous)
+    }
+    const op: DirectoryOp = {
+      sequence: this.sequence++, changes, renameDestination, predecessors: predecessors ?? NO_OPS, durable: false, crashSurvives: false
+    }
+    for (const [name] of changes) dir.lastOpByName.set(name, op)
     dir.pending.push(op)
     this.dirtyDirectories.add(dir)
     for (const [name, link] of changes) {
@@ -594,44 +653,59 @@ export class SimDisk {
 
   // ---------------------------------------------------------------- crash model
 
-  /** Per directory, a random prefix of the pending log survives; a rename's removal half needs its link half. */
+  /**
+   * Decides which pending metadata operations survive (`metadataCrashModel`, see the top), then
+   * applies them in issue order. Dependencies (a rename's removal half on its link half; in
+   * "any-subset", an operation on the earlier ones that touched its names) are enforced by
+   * undoing whatever depends on an undone operation: in "prefix" the rest of its log goes too.
+   */
   private crashMetadata(): void {
-    const cuts = new Map<DirectoryNode, number>()
+    const anySubset = this.faultsNow.metadataCrashModel === "any-subset"
+    // Drawn only in "any-subset", so "prefix" draws exactly what it always drew.
+    const survivalProbability = anySubset ? this.kernel.nextFloat() : 0
+    let pendingCount = 0
     for (const dir of this.dirtyDirectories) {
-      dir.pending.forEach((op, index) => (op.crashIndex = index))
-      cuts.set(dir, this.kernel.intBetween(0, dir.pending.length))
+      pendingCount += dir.pending.length
+      if (anySubset) {
+        for (const op of dir.pending) op.crashSurvives = this.kernel.chance(survivalProbability)
+      } else {
+        const cut = this.kernel.intBetween(0, dir.pending.length)
+        dir.pending.forEach((op, index) => (op.crashSurvives = index < cut))
+      }
     }
-    const survives = (op: DirectoryOp, dir: DirectoryNode | undefined): boolean =>
-      op.durable || (dir !== undefined && op.crashIndex < (cuts.get(dir) ?? 0))
-    const ownerOf = new Map<DirectoryOp, DirectoryNode>()
-    for (const dir of this.dirtyDirectories) for (const op of dir.pending) ownerOf.set(op, dir)
-    // Cutting a log can undo a link half whose removal half sits in another log: repeat until
-    // stable. Each pass only lowers cuts, so this ends within (total pending ops) passes.
+    // Undoing one operation can undo another in another log (a link half): repeat until
+    // stable. Each pass only undoes, so this ends within (total pending ops) passes.
     let changed = true
     let passes = 0
     while (changed) {
       changed = false
-      assert(passes++ <= ownerOf.size + 1, "metadata crash fixpoint did not converge")
-      for (const [dir, cut] of cuts) {
-        for (let i = 0; i < cut; i++) {
-          const destination = dir.pending[i]!.renameDestination
-          if (destination !== undefined && !survives(destination, ownerOf.get(destination))) {
-            cuts.set(dir, i)
-            changed = true
+      assert(passes++ <= pendingCount + 1, "metadata crash fixpoint did not converge")
+      for (const dir of this.dirtyDirectories) {
+        for (let i = 0; i < dir.pending.length; i++) {
+          const op = dir.pending[i]!
+          if (!op.crashSurvives || dependenciesSurvive(op)) continue
+          changed = true
+          if (anySubset) {
+            op.crashSurvives = false
+          } else {
+            for (let j = i; j < dir.pending.length; j++) dir.pending[j]!.crashSurvives = false
             break
           }
         }
       }
     }
     for (const dir of this.dirtyDirectories) {
-      const cut = cuts.get(dir) ?? 0
-      for (let i = 0; i < cut; i++) {
-        const op = dir.pending[i]!
+      let kept = 0
+      for (const op of dir.pending) {
+        if (!op.crashSurvives) continue
         applyChanges(dir.durable, op.changes)
-        op.durable = true
+        makeDurable(op)
+        kept++
       }
-      this.stats.undoneMetadata += dir.pending.length - cut
+      for (const op of dir.pending) op.predecessors = NO_OPS
+      this.stats.undoneMetadata += dir.pending.length - kept
       dir.pending = []
+      dir.lastOpByName.clear()
     }
     this.dirtyDirectories.clear()
   }
@@ -743,6 +817,7 @@ export class SimDisk {
     for (const survivor of survivors) file.durable.write(survivor.offsetBytes, survivor.data, survivor.lengthBytes)
     file.pending = []
     file.current = file.durable.clone()
+    file.cacheOnly = false
   }
 }
 
@@ -777,9 +852,11 @@ interface DirectoryOp {
   readonly changes: ReadonlyArray<EntryChange>
   /** For the removal half of a cross-directory rename: its link half, which it cannot outlive. */
   readonly renameDestination: DirectoryOp | undefined
+  /** The pending operations of the same directory that touched one of its names last (cleared once durable). */
+  predecessors: ReadonlyArray<DirectoryOp>
   durable: boolean
-  /** Position in its directory's log while a crash is being applied. */
-  crashIndex: number
+  /** Whether it survives the crash being applied. */
+  crashSurvives: boolean
 }
 
 type Node = FileNode | DirectoryNode
@@ -790,17 +867,46 @@ class FileNode {
   pending: FileOp[] = []
   /** Names in the current view (0 or 1: there are no hard links). */
   linkCount = 0
+  /** errseq_t: bumped by each failed writeback; descriptors remember the value they saw. */
+  errorSequence = 0
+  errorReason: DiskErrorReason = "EIO"
+  /** The current view holds pages a failed writeback lost (readable until the next crash). */
+  cacheOnly = false
 }
+
+/** One open descriptor of a file: the writeback errors it has already reported. */
+interface Descriptor {
+  seenErrorSequence: number
+}
+
+const EMPTY_BYTES = new Uint8Array(0)
 
 class DirectoryNode {
   durable = new Map<string, Link>()
   current = new Map<string, Link>()
   pending: DirectoryOp[] = []
+  /** Per name, the last pending operation that touched it (an entry may be durable by now). */
+  readonly lastOpByName = new Map<string, DirectoryOp>()
 }
 
 function applyFileOp(content: PagedContent, op: FileOp): void {
   if (op.kind === "write") content.write(op.offsetBytes, op.data, op.lengthBytes)
   else content.resize(op.sizeBytes)
+}
+
+const NO_OPS: ReadonlyArray<DirectoryOp> = []
+
+function dependenciesSurvive(op: DirectoryOp): boolean {
+  const destination = op.renameDestination
+  if (destination !== undefined && !destination.durable && !destination.crashSurvives) return false
+  for (const previous of op.predecessors) if (!previous.durable && !previous.crashSurvives) return false
+  return true
+}
+
+/** Durable operations need no dependencies any more: dropping them bounds what a log retains. */
+function makeDurable(op: DirectoryOp): void {
+  op.durable = true
+  op.predecessors = NO_OPS
 }
 
 function applyChanges(entries: Map<string, Link>, changes: ReadonlyArray<EntryChange>): void {
