@@ -554,3 +554,308 @@ describe("SimNet determinism", () => {
     expect(DEFAULT_NET_FAULTS.chunkDelayUs[1]).toBeLessThanOrEqual(1000)
   })
 })
+
+describe("SimNet connect retries (SYN retransmission)", () => {
+  /** A server that accepts forever on sk1:5454. */
+  function withServer(faults: NetFaults = FAULTS) {
+    const w = world(faults)
+    const server = w.host("sk1")
+    w.fork(server, Effect.gen(function* () {
+      const listener = yield* server.net.listen("sk1:5454")
+      yield* Effect.forever(listener.accept)
+    }))
+    w.kernel.run()
+    return { ...w, client: w.host("c") }
+  }
+
+  // Regression (issue 7, item 4): before, a connect attempted during a 2 ms partition hung
+  // until connectTimeoutUs and failed although the path healed at once.
+  test("a connect attempted during a short partition succeeds at the next retransmission", () => {
+    const { kernel, net, client, fork } = withServer()
+    net.partition("c", "sk1")
+    const startUs = kernel.nowUs
+    const connected = fork(client, Effect.gen(function* () {
+      const connection = yield* client.net.connect("sk1:5454")
+      return { remote: connection.remoteAddress, waitedUs: kernel.nowUs - startUs }
+    }))
+    kernel.after(2_000, () => net.heal("c", "sk1"), undefined)
+    kernel.run()
+    const firstRetransmitUs = FAULTS.connectTimeoutUs / 16
+    expect(value(connected).remote).toBe("sk1:5454")
+    expect(value(connected).waitedUs).toBeGreaterThanOrEqual(firstRetransmitUs + FAULTS.chunkDelayUs[0])
+    expect(value(connected).waitedUs).toBeLessThanOrEqual(firstRetransmitUs + FAULTS.chunkDelayUs[1])
+    expect(kernel.trace.lines).toContain(`${startUs + firstRetransmitUs} c#1 net connect sk1:5454 syn-retransmit`)
+  })
+
+  test("retransmissions double until the connect timeout, which fails the connect at its deadline", () => {
+    const { kernel, net, client, fork } = withServer({ ...FAULTS, synRetransmitInitialUs: 100_000 })
+    net.isolate("sk1", { only: "inbound" }) // the SYN never arrives
+    const startUs = kernel.nowUs
+    const failed = fork(client, Effect.gen(function* () {
+      const error = yield* Effect.flip(client.net.connect("sk1:5454"))
+      return { reason: error.reason, waitedUs: kernel.nowUs - startUs }
+    }))
+    kernel.run()
+    expect(value(failed)).toEqual({ reason: "TimedOut", waitedUs: FAULTS.connectTimeoutUs })
+    const retransmits = kernel.trace.lines.filter((line) => line.endsWith("syn-retransmit")).map((line) => Number(line.split(" ")[0]) - startUs)
+    expect(retransmits).toEqual([100_000, 300_000, 700_000, 1_500_000])
+  })
+
+  test("a SYN lost to a partition that starts while it is in flight is retransmitted", () => {
+    const { kernel, net, client, fork } = withServer()
+    const connected = fork(client, Effect.map(client.net.connect("sk1:5454"), (c) => c.remoteAddress))
+    kernel.after(FAULTS.chunkDelayUs[0] - 1, () => net.partition("sk1", "c", { oneWay: true }), undefined) // only the SYN-ACK's way
+    kernel.after(50_000, () => net.heal("c", "sk1"), undefined)
+    kernel.run()
+    expect(value(connected)).toBe("sk1:5454")
+    expect(kernel.trace.lines.some((line) => line.endsWith("syn-retransmit"))).toBe(true)
+  })
+
+  test("after a heal, a connect to a host with no listener is refused, not timed out", () => {
+    const { kernel, net, client, fork } = withServer()
+    net.partition("c", "sk1")
+    const startUs = kernel.nowUs
+    const refused = fork(client, Effect.gen(function* () {
+      const error = yield* Effect.flip(client.net.connect("sk1:9999"))
+      return { reason: error.reason, waitedUs: kernel.nowUs - startUs }
+    }))
+    kernel.after(2_000, () => net.heal("c", "sk1"), undefined)
+    kernel.run()
+    expect(value(refused).reason).toBe("ConnectionRefused")
+    expect(value(refused).waitedUs).toBeLessThan(FAULTS.connectTimeoutUs)
+  })
+})
+
+describe("SimNet fault families", () => {
+  /** c streams `count` numbered writes to sk1 one per `everyUs`; returns what sk1 read, with arrival times. */
+  function stream(options: { readonly faults?: NetFaults; readonly seed?: number; readonly count: number; readonly everyUs: number }) {
+    const w = world(options.faults ?? FAULTS, options.seed ?? 1)
+    const server = w.host("sk1")
+    const client = w.host("c")
+    const arrivals: Array<{ readonly atUs: number; readonly text: string }> = []
+    const serverSide = w.fork(server, Effect.gen(function* () {
+      const connection = yield* acceptOne(server, "sk1:5454")
+      for (;;) {
+        const bytes = yield* connection.read
+        if (bytes === undefined) return "eof"
+        arrivals.push({ atUs: w.kernel.nowUs, text: str(bytes)! })
+      }
+    }))
+    const clientSide = w.fork(client, Effect.gen(function* () {
+      const connection = yield* client.net.connect("sk1:5454")
+      for (let i = 0; i < options.count; i++) {
+        yield* connection.write(text(`${i};`))
+        yield* sleepUs(options.everyUs)
+      }
+      yield* connection.shutdownWrite
+      return str(yield* connection.read)
+    }))
+    return { ...w, arrivals, serverSide, clientSide, joined: () => arrivals.map((a) => a.text).join("") }
+  }
+  const numbers = (count: number): string => Array.from({ length: count }, (_, i) => `${i};`).join("")
+
+  test("a clog holds one direction's bytes, then clears by itself and delivers them in order", () => {
+    const s = stream({ count: 20, everyUs: 10_000 })
+    s.kernel.after(50_000, () => s.net.clog("c", "sk1", 300_000), undefined)
+    s.kernel.run()
+    expect(s.joined()).toBe(numbers(20))
+    expect(value(s.serverSide)).toBe("eof")
+    expect(s.net.stats.resets).toBe(0)
+    // Nothing arrived while clogged; what was written meanwhile came at once after it cleared.
+    expect(s.arrivals.filter((a) => a.atUs > 50_000 + FAULTS.chunkDelayUs[1] && a.atUs < 350_000)).toEqual([])
+    expect(s.arrivals.some((a) => a.atUs >= 350_000 && a.atUs <= 350_000 + FAULTS.chunkDelayUs[1])).toBe(true)
+    expect(s.net.stats.heldChunks).toBeGreaterThan(0)
+    expect(s.kernel.trace.lines).toContain("350000 net unclog c->sk1")
+  })
+
+  test("a clog leaves the other direction flowing; heal ends it early; one outlasting the break timeout resets", () => {
+    const { kernel, net, host, fork } = world()
+    const server = host("sk1")
+    const client = host("c")
+    const got: string[] = []
+    fork(server, Effect.gen(function* () {
+      const connection = yield* acceptOne(server, "sk1:5454")
+      yield* connection.write(text("down"))
+      got.push(`sk1 ${str(yield* connection.read)} ${kernel.nowUs}`)
+    }))
+    fork(client, Effect.gen(function* () {
+      const connection = yield* client.net.connect("sk1:5454")
+      net.clog("c", "sk1", 3_000_000)
+      yield* connection.write(text("up"))
+      got.push(`c ${str(yield* connection.read)}`)
+    }))
+    kernel.run({ untilUs: 1_000_000 })
+    expect(got).toEqual(["c down"])
+    net.heal("c", "sk1")
+    kernel.run()
+    expect(got).toHaveLength(2)
+    expect(got[1]).toMatch(/^sk1 up 10\d\d\d\d\d$/)
+
+    const long = stream({ count: 3, everyUs: 1_000 })
+    long.kernel.after(10_000, () => long.net.clog("sk1", "c", FAULTS.partitionBreakAfterUs + 1), undefined)
+    long.kernel.run()
+    expect(long.net.stats.resets).toBe(2)
+    expect(long.kernel.trace.lines.some((line) => line.endsWith("reset (clog)"))).toBe(true)
+  })
+
+  test("a one-way isolation holds only the isolated host's outbound (or inbound) bytes; rejoin delivers them in order", () => {
+    for (const only of ["outbound", "inbound"] as const) {
+      const { kernel, net, host, fork } = world()
+      const server = host("sk1")
+      const client = host("c")
+      const got: string[] = []
+      fork(server, Effect.gen(function* () {
+        const connection = yield* acceptOne(server, "sk1:5454")
+        yield* connection.write(text("down"))
+        for (;;) {
+          const bytes = yield* connection.read
+          if (bytes === undefined) return
+          got.push(`sk1 ${str(bytes)}`)
+        }
+      }))
+      fork(client, Effect.gen(function* () {
+        const connection = yield* client.net.connect("sk1:5454")
+        net.isolate("c", { only })
+        yield* connection.write(text("up1;"))
+        yield* connection.write(text("up2;"))
+        got.push(`c ${str(yield* connection.read)}`)
+        yield* connection.shutdownWrite
+      }))
+      kernel.run({ untilUs: 1_000_000 })
+      // "outbound": c hears sk1 but is not heard; "inbound": the reverse, and c's reader waits.
+      expect(got).toEqual(only === "outbound" ? ["c down"] : ["sk1 up1;up2;"])
+      net.heal("c", "sk1") // a pair heal leaves the isolation in place
+      kernel.run({ untilUs: 2_000_000 })
+      expect(got).toHaveLength(1)
+      net.rejoin("c")
+      kernel.run()
+      expect(got.sort()).toEqual(["c down", "sk1 up1;up2;"])
+      expect(net.stats.resets).toBe(0)
+    }
+  })
+
+  test("per-chunk breaks end a stream after a prefix of what was sent, at varying points", () => {
+    const cutPoints = new Set<number>()
+    let whole = 0
+    for (let seed = 0; seed < 40; seed++) {
+      const s = stream({ faults: { ...FAULTS, breakProbabilityPerChunk: 0.1 }, seed, count: 15, everyUs: 2_000 })
+      s.kernel.run()
+      const received = s.joined()
+      expect(numbers(15).startsWith(received)).toBe(true)
+      if (received === numbers(15) && s.net.stats.resets === 0) whole++
+      else {
+        expect(s.net.stats.resets).toBe(2)
+        expect(Exit.isFailure(s.serverSide.pollUnsafe()!)).toBe(true)
+        cutPoints.add(received.length)
+      }
+    }
+    expect(whole).toBeGreaterThan(0)
+    expect(cutPoints.size).toBeGreaterThan(3)
+  })
+
+  test("late packets of an old connection never arrive on a new one (break or crash, then reconnect)", () => {
+    for (const how of ["break", "crash"] as const) {
+      const { kernel, net, host, fork } = world({ ...FAULTS, chunkDelayUs: [20_000, 40_000] })
+      const server = host("sk1")
+      const reads = new Map<number, string[]>()
+      fork(server, Effect.gen(function* () {
+        const listener = yield* server.net.listen("sk1:5454")
+        for (let n = 0; ; n++) {
+          const connection = yield* listener.accept
+          const got: string[] = []
+          reads.set(n, got)
+          yield* Effect.forkChild(Effect.ignore(Effect.gen(function* () {
+            for (;;) {
+              const bytes = yield* connection.read
+              if (bytes === undefined) return
+              got.push(str(bytes)!)
+            }
+          })))
+        }
+      }))
+      const first = host("c", 1)
+      let broken = false
+      fork(first, Effect.gen(function* () {
+        const connection = yield* first.net.connect("sk1:5454")
+        yield* sleepUs(100_000)
+        for (let i = 0; i < 10; i++) yield* connection.write(text(`old${i};`)) // in flight for 20-40 ms
+        if (how === "break") net.breakConnections("c", "sk1")
+        else {
+          first.life.alive = false
+          net.crashHost("c")
+        }
+        broken = true
+      }))
+      kernel.run({ stop: () => broken })
+      expect(reads.get(0)).toEqual([]) // the old bytes are still in flight
+      const second = host("c", how === "crash" ? 2 : 1)
+      fork(second, Effect.gen(function* () {
+        const connection = yield* second.net.connect("sk1:5454")
+        for (let i = 0; i < 5; i++) yield* connection.write(text(`new${i};`))
+        yield* connection.shutdownWrite
+      }))
+      kernel.run()
+      expect(reads.get(1)!.join("")).toBe("new0;new1;new2;new3;new4;")
+      // After a crash the dead process's bytes may still reach the old connection (they were on
+      // the wire), never the new one; after a break they are dropped with it.
+      const old = reads.get(0)!.join("")
+      if (how === "break") expect(old).toBe("")
+      else expect("old0;old1;old2;old3;old4;old5;old6;old7;old8;old9;".startsWith(old)).toBe(true)
+    }
+  })
+
+  // Regression (issue 7, item 5): before, chunk delays were only uniform.
+  test("a long-tail delay holds back the chunks behind it: order is kept within a connection", () => {
+    let longGaps = 0
+    for (let seed = 0; seed < 20; seed++) {
+      const faults: NetFaults = { ...FAULTS, chunkDelayTailProbability: 0.05, chunkDelayTailUs: [200_000, 400_000] }
+      const s = stream({ faults, seed, count: 40, everyUs: 5_000 })
+      s.kernel.run()
+      expect(s.joined()).toBe(numbers(40))
+      for (let i = 1; i < s.arrivals.length; i++) if (s.arrivals[i]!.atUs - s.arrivals[i - 1]!.atUs >= 150_000) longGaps++
+    }
+    expect(longGaps).toBeGreaterThan(5)
+  })
+
+  test("without a tail the delays are drawn exactly as before (same trace)", () => {
+    const plain = stream({ count: 10, everyUs: 1_000 })
+    plain.kernel.run()
+    const zeroTail = stream({ faults: { ...FAULTS, chunkDelayTailProbability: 0, chunkDelayTailUs: [1, 2] }, count: 10, everyUs: 1_000 })
+    zeroTail.kernel.run()
+    expect(zeroTail.kernel.trace.hash()).toBe(plain.kernel.trace.hash())
+  })
+})
+
+describe("SimNet data digest", () => {
+  /** The same exchange with different payload bytes of the same length. */
+  function exchange(fill: number) {
+    const { kernel, host, fork } = world()
+    const server = host("sk1")
+    const client = host("c")
+    fork(server, Effect.gen(function* () {
+      const connection = yield* acceptOne(server, "sk1:5454")
+      yield* readAll(connection)
+      yield* connection.writev([new Uint8Array(10).fill(fill), new Uint8Array(5).fill(fill)])
+      yield* connection.shutdownWrite
+    }))
+    fork(client, Effect.gen(function* () {
+      const connection = yield* client.net.connect("sk1:5454")
+      yield* connection.write(new Uint8Array(100).fill(fill))
+      yield* connection.shutdownWrite
+      yield* readAll(connection)
+    }))
+    kernel.run()
+    return { lines: kernel.trace.lines, folded: kernel.trace.foldedBytes, hash: kernel.trace.hash() }
+  }
+
+  // Regression (issue 7, item 3): before, bytes sent were not folded into the hash, so a change
+  // of data that kept the timing left the hash unchanged.
+  test("every byte sent is folded into the trace hash", () => {
+    const a = exchange(1)
+    const b = exchange(2)
+    expect(b.lines).toEqual(a.lines)
+    expect(a.folded).toBe(115)
+    expect(b.hash).not.toBe(a.hash)
+    expect(exchange(1).hash).toBe(a.hash)
+  })
+})

@@ -21,10 +21,26 @@ import type { Incarnation, Kernel, Timer } from "./kernel.js"
 export interface NetFaults {
   /** Per chunk one-way latency, uniform in [low, high]. */
   readonly chunkDelayUs: readonly [number, number]
+  /**
+   * A long tail: with this probability (0 when absent) a chunk's latency is drawn from
+   * `chunkDelayTailUs` instead (a retransmission, a stalled queue). Order within a connection
+   * is kept, so a late chunk holds back the ones behind it, as on TCP.
+   */
+  readonly chunkDelayTailProbability?: number
+  readonly chunkDelayTailUs?: readonly [number, number]
   /** A delivered chunk may instead reset the connection (both ends). */
   readonly breakProbabilityPerChunk: number
-  /** A connect across a partition hangs this long, then fails TimedOut. */
+  /**
+   * A connect whose SYN (or SYN-ACK) is lost, as across a partition, is retried as TCP retries
+   * its SYN, at this interval and then doubling, and fails TimedOut once this has passed.
+   */
   readonly connectTimeoutUs: number
+  /**
+   * The first SYN retransmission interval. Linux waits 1 s of a ~127 s connect (6 retries);
+   * the default scales that down to connectTimeoutUs / 16 (capped at 1 s) so that a few retries
+   * fit within the simulator's short connect timeouts.
+   */
+  readonly synRetransmitInitialUs?: number
   /** A partition outlasting this breaks the connections crossing it. */
   readonly partitionBreakAfterUs: number
 }
@@ -38,6 +54,10 @@ export const DEFAULT_NET_FAULTS: NetFaults = {
 
 /** Unread bytes (in flight plus unread at the receiver) a writer may have per direction. */
 export const SEND_BUFFER_BYTES_MAX = 256 * 1024
+/** Linux's initial SYN retransmission timeout (TCP_TIMEOUT_INIT). */
+export const SYN_RETRANSMIT_INITIAL_US_MAX = 1_000_000
+/** The default first retransmission is connectTimeoutUs divided by this. */
+export const SYN_RETRANSMIT_PER_CONNECT_TIMEOUT = 16
 /** Writes are split into chunks of at most this size; each chunk has its own delay. */
 export const CHUNK_BYTES_MAX = 64 * 1024
 /** A read returns at most this many bytes (coalescing small chunks up to it). */
@@ -80,9 +100,13 @@ export class SimNet {
   private readonly hosts = new Map<string, HostState>()
   /** Live connections in establishment order (heal re-arms them in this order). */
   private readonly links = new Set<Link>()
-  /** Held directions "from\0to" and isolated hosts, each with its break-after timer. */
+  /** Held directions "from\0to" (partitions and clogs) and isolated hosts, each with its break-after timer. */
   private readonly partitions = new Map<string, Blockade>()
-  private readonly isolated = new Map<string, Blockade>()
+  private readonly clogs = new Map<string, Clog>()
+  private readonly isolated = new Map<string, Isolation>()
+  private readonly tailProbability: number
+  private readonly tailDelayUs: readonly [number, number]
+  private readonly synRetransmitInitialUs: number
 
   constructor(readonly kernel: Kernel, readonly faults: NetFaults) {
     const [low, high] = faults.chunkDelayUs
@@ -90,6 +114,14 @@ export class SimNet {
     assert(faults.breakProbabilityPerChunk >= 0 && faults.breakProbabilityPerChunk <= 1, "breakProbabilityPerChunk is a probability")
     assert(Number.isSafeInteger(faults.connectTimeoutUs) && faults.connectTimeoutUs > 0, "connectTimeoutUs is positive")
     assert(Number.isSafeInteger(faults.partitionBreakAfterUs) && faults.partitionBreakAfterUs > 0, "partitionBreakAfterUs is positive")
+    this.tailProbability = faults.chunkDelayTailProbability ?? 0
+    this.tailDelayUs = faults.chunkDelayTailUs ?? faults.chunkDelayUs
+    const [tailLow, tailHigh] = this.tailDelayUs
+    assert(this.tailProbability >= 0 && this.tailProbability <= 1, "chunkDelayTailProbability is a probability")
+    assert(Number.isSafeInteger(tailLow) && Number.isSafeInteger(tailHigh) && 0 <= tailLow && tailLow <= tailHigh, "chunkDelayTailUs is an integer range")
+    this.synRetransmitInitialUs = faults.synRetransmitInitialUs ??
+      Math.max(1, Math.min(SYN_RETRANSMIT_INITIAL_US_MAX, Math.floor(faults.connectTimeoutUs / SYN_RETRANSMIT_PER_CONNECT_TIMEOUT)))
+    assert(Number.isSafeInteger(this.synRetransmitInitialUs) && this.synRetransmitInitialUs > 0, "synRetransmitInitialUs is positive")
   }
 
   /** The Net service for one life of a host ("sk1"); listen("sk1:5454") binds that host's port. */
@@ -144,34 +176,82 @@ export class SimNet {
     if (!oneWay) this.block(b, a)
   }
 
-  /** Ends the partitions between a and b in both directions (an isolation stays). */
+  /** Ends the partitions and clogs between a and b in both directions (an isolation stays). */
   heal(a: string, b: string): void {
     this.kernel.log("net", `heal ${a}<->${b}`)
     for (const key of [directionKey(a, b), directionKey(b, a)]) {
       const blockade = this.partitions.get(key)
-      if (blockade === undefined) continue
-      this.kernel.cancel(blockade.breakTimer)
-      this.partitions.delete(key)
+      if (blockade !== undefined) {
+        this.kernel.cancel(blockade.breakTimer)
+        this.partitions.delete(key)
+      }
+      const clog = this.clogs.get(key)
+      if (clog !== undefined) this.dropClog(key, clog)
     }
     this.rearmHeld()
   }
 
-  /** Partitions host from every other host (loopback keeps working). */
-  isolate(host: string): void {
-    this.kernel.log("net", `isolate ${host}`)
+  /**
+   * Clogs the direction from → to for `durationUs` (a congested or flapping link): its bytes
+   * are held, not dropped, then delivered in order once it clears by itself. A clog outlasting
+   * partitionBreakAfterUs breaks the connections, as a partition does. Clogging a clogged
+   * direction extends it (its break clock keeps running).
+   */
+  clog(from: string, to: string, durationUs: number): void {
+    assert(from !== to, "a clog separates two hosts")
+    assert(Number.isSafeInteger(durationUs) && durationUs > 0, "a clog lasts a positive integer time")
+    this.kernel.log("net", `clog ${from}->${to} ${durationUs}us`)
+    const key = directionKey(from, to)
+    const endUs = this.kernel.nowUs + durationUs
+    const existing = this.clogs.get(key)
+    if (existing !== undefined && existing.endUs >= endUs) return
+    if (existing?.clearTimer !== undefined) this.kernel.cancel(existing.clearTimer)
+    const breakTimer = existing?.breakTimer ?? this.kernel.after(this.faults.partitionBreakAfterUs, () => {
+      if (this.clogs.get(key)?.breakTimer !== breakTimer) return
+      this.breakLinks((x, y) => (x === from && y === to) || (x === to && y === from), "clog")
+    }, undefined)
+    const clog: Clog = { endUs, breakTimer, clearTimer: undefined }
+    clog.clearTimer = this.kernel.setTimer(endUs, () => {
+      if (this.clogs.get(key) !== clog) return
+      this.kernel.log("net", `unclog ${from}->${to}`)
+      this.dropClog(key, clog)
+      this.rearmHeld()
+    }, undefined)
+    this.clogs.set(key, clog)
+  }
+
+  /**
+   * Partitions host from every other host (loopback keeps working); with `only`, just the
+   * host's outbound or inbound bytes are held (it hears but is not heard, or the reverse).
+   * Isolating an isolated host changes nothing (the older isolation's clock keeps running).
+   */
+  isolate(host: string, options?: { readonly only?: "outbound" | "inbound" }): void {
+    const only = options?.only
+    this.kernel.log("net", `isolate ${host}${only === undefined ? "" : ` ${only}`}`)
     if (this.isolated.has(host)) return
     const breakTimer = this.kernel.after(this.faults.partitionBreakAfterUs, () => {
       if (this.isolated.get(host)?.breakTimer !== breakTimer) return
       this.breakLinks((x, y) => (x === host) !== (y === host), "partition")
     }, undefined)
-    this.isolated.set(host, { breakTimer })
+    this.isolated.set(host, { breakTimer, only })
   }
 
-  /** Ends every partition and isolation. */
+  /** Ends the isolation of one host (partitions and clogs stay). */
+  rejoin(host: string): void {
+    this.kernel.log("net", `rejoin ${host}`)
+    const isolation = this.isolated.get(host)
+    if (isolation === undefined) return
+    this.kernel.cancel(isolation.breakTimer)
+    this.isolated.delete(host)
+    this.rearmHeld()
+  }
+
+  /** Ends every partition, clog and isolation. */
   healAll(): void {
     this.kernel.log("net", "heal-all")
     for (const blockade of this.partitions.values()) this.kernel.cancel(blockade.breakTimer)
     for (const blockade of this.isolated.values()) this.kernel.cancel(blockade.breakTimer)
+    for (const [key, clog] of [...this.clogs]) this.dropClog(key, clog)
     this.partitions.clear()
     this.isolated.clear()
     this.rearmHeld()
@@ -265,14 +345,14 @@ export class SimNet {
     return Effect.callback<Connection, NetError>((resume) => {
       if (!life.alive) return
       const state = this.hostState(host)
+      const nowUs = this.kernel.nowUs
       const attempt: ConnectAttempt = {
-        life, host: state, hooks, address, target, startUs: this.kernel.nowUs, timer: undefined, resume, settled: false
+        life, host: state, hooks, address, target, deadlineUs: nowUs + this.faults.connectTimeoutUs,
+        lastSendUs: nowUs, retransmitUs: this.synRetransmitInitialUs, timer: undefined, resume, settled: false
       }
       state.connects.add(attempt)
       this.kernel.log(life.label, `net connect ${address}`)
-      attempt.timer = this.isBlockedEitherWay(host, target.host)
-        ? this.kernel.after(this.faults.connectTimeoutUs, () => this.connectTimedOut(attempt), life)
-        : this.kernel.after(this.drawDelayUs(), () => this.connectArrived(attempt), life)
+      this.sendSyn(attempt)
       return Effect.sync(() => {
         if (attempt.settled) return
         attempt.settled = true
@@ -282,13 +362,47 @@ export class SimNet {
     })
   }
 
-  /** The SYN reached the target host: establish, refuse, or (partitioned meanwhile) time out. */
+  /**
+   * One SYN: lost while the path is blocked either way (no SYN-ACK could come back), else it
+   * arrives one delay later. A SYN that would arrive after the deadline is as good as lost. A
+   * SYN in flight is not retransmitted (a simplification: a slow SYN is one long delay).
+   */
+  private sendSyn(attempt: ConnectAttempt): void {
+    const nowUs = this.kernel.nowUs
+    attempt.lastSendUs = nowUs
+    if (this.isBlockedEitherWay(attempt.host.name, attempt.target.host)) {
+      this.retransmitLater(attempt)
+      return
+    }
+    const arriveAtUs = nowUs + this.drawDelayUs()
+    attempt.timer = arriveAtUs > attempt.deadlineUs
+      ? this.kernel.setTimer(attempt.deadlineUs, () => this.connectTimedOut(attempt), attempt.life)
+      : this.kernel.setTimer(arriveAtUs, () => this.connectArrived(attempt), attempt.life)
+  }
+
+  /** The SYN was lost: resend it one retransmission interval after the last send (doubling), unless the deadline comes first. */
+  private retransmitLater(attempt: ConnectAttempt): void {
+    const nextUs = attempt.lastSendUs + attempt.retransmitUs
+    attempt.retransmitUs *= 2
+    if (nextUs >= attempt.deadlineUs) {
+      attempt.timer = this.kernel.setTimer(attempt.deadlineUs, () => this.connectTimedOut(attempt), attempt.life)
+      return
+    }
+    attempt.timer = this.kernel.setTimer(nextUs, () => {
+      attempt.timer = undefined
+      if (attempt.settled || !attempt.life.alive) return
+      this.kernel.log(attempt.life.label, `net connect ${attempt.address} syn-retransmit`)
+      this.sendSyn(attempt)
+    }, attempt.life)
+  }
+
+  /** The SYN reached the target host: establish, refuse, or (partitioned meanwhile: lost) retransmit. */
   private connectArrived(attempt: ConnectAttempt): void {
     attempt.timer = undefined
     if (attempt.settled || !attempt.life.alive) return
     const { host, target, address, life } = attempt
     if (this.isBlockedEitherWay(host.name, target.host)) {
-      attempt.timer = this.kernel.setTimer(attempt.startUs + this.faults.connectTimeoutUs, () => this.connectTimedOut(attempt), life)
+      this.retransmitLater(attempt)
       return
     }
     const listener = this.hosts.get(target.host)?.listeners.get(target.port)
@@ -363,10 +477,9 @@ export class SimNet {
         return this.perform(endpoint.readers, newWaiter(life), (isHead) => this.tryRead(endpoint, isHead))
       }),
       // Both copy once, so the bytes in flight are the network's own whatever the caller does.
-      write: (data: Uint8Array) => Effect.suspend(() => this.writeOwned(endpoint, data.byteLength, () => data.slice())),
+      write: (data: Uint8Array) => Effect.suspend(() => this.writeOwned(endpoint, data)),
       // One write of the joined parts: the peer sees exactly what a single write would deliver.
-      writev: (parts: ReadonlyArray<Uint8Array>) =>
-        Effect.suspend(() => this.writeOwned(endpoint, totalBytesOf(parts), () => joinParts(parts))),
+      writev: (parts: ReadonlyArray<Uint8Array>) => Effect.suspend(() => this.writeOwned(endpoint, parts)),
       shutdownWrite: Effect.suspend(() => {
         if (!this.permits(life, hooks, "shutdownWrite", remoteAddress)) return Effect.never
         const refusal = this.refusal(endpoint)
@@ -387,19 +500,26 @@ export class SimNet {
     }
   }
 
-  /** A write of `lengthBytes`; `own` makes the copy the network keeps, once the write is let through. */
-  private writeOwned(endpoint: Endpoint, lengthBytes: number, own: () => Uint8Array): Effect.Effect<void, NetError> {
+  /** A write (or writev) of `data`; the network keeps its own copy, made once the write is let through. */
+  private writeOwned(endpoint: Endpoint, data: Uint8Array | ReadonlyArray<Uint8Array>): Effect.Effect<void, NetError> {
     const { life, hooks, remoteAddress } = endpoint
     if (!this.permits(life, hooks, "write", remoteAddress)) return Effect.never
     const refusal = this.refusal(endpoint)
     if (refusal !== undefined) return refusal
     if (endpoint.writeShut) return Effect.fail(netError("Closed", remoteAddress, "write after shutdownWrite"))
+    const single = data instanceof Uint8Array
+    const lengthBytes = single ? data.byteLength : totalBytesOf(data)
     if (lengthBytes === 0) return Effect.void
+    // The data digest (DESIGN.md §3), at the write, from the caller's bytes (no extra copy).
+    const trace = this.kernel.trace
+    if (single) trace.foldBytes(endpoint.foldLabel, data)
+    else for (const part of data) trace.foldBytes(endpoint.foldLabel, part)
+    const owned = single ? data.slice() : joinParts(data)
     if (endpoint.writers.length === 0 && lengthBytes <= Math.min(CHUNK_BYTES_MAX, SEND_BUFFER_BYTES_MAX - endpoint.outbound.bufferedBytes)) {
-      this.append(endpoint.outbound, "data", own()) // the common small write: no waiter
+      this.append(endpoint.outbound, "data", owned) // the common small write: no waiter
       return Effect.void
     }
-    const request: WriteRequest = { life, wake: undefined, queued: false, bytes: own(), offsetBytes: 0, endOfStream: false }
+    const request: WriteRequest = { life, wake: undefined, queued: false, bytes: owned, offsetBytes: 0, endOfStream: false }
     return this.perform(endpoint.writers, request, (isHead) => this.tryWrite(endpoint, request, isHead))
   }
 
@@ -773,14 +893,28 @@ export class SimNet {
   }
 
   private drawDelayUs(): number {
-    const [low, high] = this.faults.chunkDelayUs
+    // chance() draws nothing at probability 0: without a tail the stream of draws is as before.
+    const [low, high] = this.kernel.chance(this.tailProbability) ? this.tailDelayUs : this.faults.chunkDelayUs
     return low === high ? low : this.kernel.intBetween(low, high)
   }
 
   private isBlocked(from: string, to: string): boolean {
     if (from === to) return false
-    if (this.isolated.size > 0 && (this.isolated.has(from) || this.isolated.has(to))) return true
-    return this.partitions.size > 0 && this.partitions.has(directionKey(from, to))
+    if (this.isolated.size > 0) {
+      const sender = this.isolated.get(from)
+      if (sender !== undefined && sender.only !== "inbound") return true
+      const receiver = this.isolated.get(to)
+      if (receiver !== undefined && receiver.only !== "outbound") return true
+    }
+    if (this.partitions.size === 0 && this.clogs.size === 0) return false
+    const key = directionKey(from, to)
+    return this.partitions.has(key) || this.clogs.has(key)
+  }
+
+  private dropClog(key: string, clog: Clog): void {
+    this.kernel.cancel(clog.breakTimer)
+    if (clog.clearTimer !== undefined) this.kernel.cancel(clog.clearTimer)
+    this.clogs.delete(key)
   }
 
   private isBlockedEitherWay(a: string, b: string): boolean {
@@ -846,6 +980,15 @@ interface Blockade {
   readonly breakTimer: Timer
 }
 
+interface Isolation extends Blockade {
+  readonly only: "outbound" | "inbound" | undefined
+}
+
+interface Clog extends Blockade {
+  readonly endUs: number
+  clearTimer: Timer | undefined
+}
+
 interface HostState {
   readonly name: string
   readonly listeners: Map<number, SimListener>
@@ -862,7 +1005,11 @@ interface ConnectAttempt {
   readonly hooks: NetHooks | undefined
   readonly address: string
   readonly target: { readonly host: string; readonly port: number }
-  readonly startUs: number
+  /** connect's start plus connectTimeoutUs: TimedOut then. */
+  readonly deadlineUs: number
+  /** When the last SYN went out, and the interval to the next retransmission. */
+  lastSendUs: number
+  retransmitUs: number
   timer: Timer | undefined
   readonly resume: (effect: Effect.Effect<Connection, NetError>) => void
   settled: boolean
@@ -915,6 +1062,8 @@ class Endpoint {
   inboxBytes = 0
   readonly readers: Waiter[] = []
   readonly writers: WriteRequest[] = []
+  /** Names this direction in the data digest. */
+  readonly foldLabel: string
   // Wired right after construction, both ends at once.
   link!: Link
   peer!: Endpoint
@@ -928,7 +1077,9 @@ class Endpoint {
     readonly hooks: NetHooks | undefined,
     readonly localAddress: string,
     readonly remoteAddress: string
-  ) {}
+  ) {
+    this.foldLabel = `net ${localAddress}->${remoteAddress}`
+  }
 }
 
 function compactChunks(direction: Direction): void {
