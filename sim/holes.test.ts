@@ -110,6 +110,13 @@ describe("Effect's default Clock reached inside a run", () => {
   test("Effect.runSync(Clock.currentTimeMillis) and Effect.sleep", () => {
     expect(hitsDuring(() => void Effect.runSync(Clock.currentTimeMillis))).toContain("Date.now")
     expect(hitsDuring(() => void Effect.runFork(Effect.sleep("1 second")))).toContain("setTimeout")
+    expect(hitsDuring(() => {
+      try {
+        Effect.runSync(Effect.sleep("1 second"))
+      } catch {
+        // runSync refuses an effect that suspends; the sleep has already asked for its timer.
+      }
+    })).toContain("setTimeout")
   })
 })
 

@@ -88,7 +88,6 @@ interface TripwireState {
   active: ActiveRun | undefined
 }
 
-
 /**
  * Runs `body` with the trip-wires reporting to a fresh run, even when `body` throws. A nested
  * call reports to its own run and hands the slot back after. `virtualNowMs` gives the value
