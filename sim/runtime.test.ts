@@ -2,11 +2,13 @@
 // real timers. Method: run small fiber programs in a kernel, twice and with different seeds,
 // and compare trace hashes; plant each forbidden call and expect it to be reported by name.
 import { Effect, Fiber, Random } from "effect"
+import fc from "fast-check"
 import { randomBytes, randomUUID } from "node:crypto"
+import { stat } from "node:fs"
 import { describe, expect, test } from "vitest"
-import { sleepUs } from "../core/io/clock.js"
+import { monotonicUs, sleepUs } from "../core/io/clock.js"
 import { Incarnation, Kernel } from "./kernel.js"
-import { forkInLife } from "./runtime.js"
+import { SimClock, forkInLife, startLife, watchRealWaits } from "./runtime.js"
 import { withTripwires } from "./tripwires.js"
 
 function runToy(seed: number, body?: () => void): { hash: string; lines: string[]; hits: string[] } {
@@ -90,5 +92,67 @@ describe("sim runtime", () => {
       kernel.run()
     })
     expect(wires.hits.map((h) => h.what)).toContain("a real Promise (then)")
+  })
+})
+
+describe("clock drift", () => {
+  test("kernelUsWhen is the first kernel time at which the node's local time reaches a value", () => {
+    fc.assert(fc.property(fc.integer({ min: -500_000, max: 500_000 }), fc.integer({ min: 0, max: 10_000_000_000 }), (driftPpm, localUs) => {
+      const clock = new SimClock(new Kernel(1), new Incarnation("n", 1), 0, driftPpm)
+      const kernelUs = clock.kernelUsWhen(localUs)
+      return clock.localUsAt(kernelUs) >= localUs && (kernelUs === 0 || clock.localUsAt(kernelUs - 1) < localUs)
+    }))
+  })
+
+  test("a fast clock's sleep ends early in kernel time and its reads run ahead", () => {
+    const kernel = new Kernel(1)
+    const life = new Incarnation("n", 1)
+    let seen: { readonly kernelUs: number; readonly localUs: number } | undefined
+    forkInLife(kernel, life, Effect.gen(function* () {
+      yield* sleepUs(1_000_000)
+      seen = { kernelUs: kernel.nowUs, localUs: yield* monotonicUs }
+    }), { driftPpm: 250_000 })
+    kernel.run()
+    expect(seen).toEqual({ kernelUs: 800_000, localUs: 1_000_000 })
+  })
+
+  test("out-of-range drift is refused", () => {
+    expect(() => new SimClock(new Kernel(1), new Incarnation("n", 1), 0, -1_000_000)).toThrow(/out of range/)
+  })
+})
+
+describe("the run boundary", () => {
+  test("starting a life outside a run is the harness's business; a resume from outside is a late call", () => {
+    const kernel = new Kernel(3)
+    const life = new Incarnation("n", 1)
+    let resumeLater: ((effect: Effect.Effect<void>) => void) | undefined
+    forkInLife(kernel, life, Effect.callback<void>((resume) => {
+      resumeLater = resume
+    }))
+    kernel.run()
+    expect(kernel.lateCalls).toEqual([])
+    resumeLater!(Effect.void) // as a real callback would, once the run is over
+    expect(kernel.lateCalls.map((c) => `${c.who}: ${c.what}`)).toEqual(["n#1: a fiber ran (resumed from outside the kernel)"])
+  })
+
+  test("a fiber that starts real I/O is remembered until it runs again", () => {
+    const kernel = new Kernel(4)
+    const life = new Incarnation("n", 1)
+    let resumeLater: ((effect: Effect.Effect<void>) => void) | undefined
+    const { scheduler } = startLife(kernel, life, Effect.gen(function* () {
+      yield* Effect.callback<void>((resume) => {
+        stat(".", () => {})
+        resumeLater = resume
+      })
+      yield* sleepUs(10)
+    }))
+    watchRealWaits(() => kernel.run())
+    expect([...scheduler.realWaits.values()]).toEqual(["FSREQCALLBACK"])
+    kernel.enqueue(() => resumeLater!(Effect.void), life)
+    watchRealWaits(() => kernel.run())
+    expect(scheduler.realWaits.size).toBe(0)
+    // Outside watchRealWaits nothing is recorded (the hook is off between runs).
+    stat(".", () => {})
+    expect(scheduler.realWaits.size).toBe(0)
   })
 })
