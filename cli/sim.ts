@@ -35,7 +35,9 @@ export {
  * What `sk sim sweep` runs when no --scenario is named. Once the swarm scenario is registered
  * this becomes `[findScenario("swarm")!]`.
  */
-const SWEEP_SCENARIOS_DEFAULT: ReadonlyArray<Scenario> = DEFAULT_SWEEP_SCENARIOS
+/** The swarm over the whole service; `--scenario named` runs every other healthy scenario. */
+const SWEEP_SCENARIOS_DEFAULT: ReadonlyArray<Scenario> = DEFAULT_SWEEP_SCENARIOS.filter((s) => s.name === "swarm")
+const SWEEP_SCENARIOS_NAMED: ReadonlyArray<Scenario> = DEFAULT_SWEEP_SCENARIOS.filter((s) => s.name !== "swarm")
 /** `sk sim replay` without --scenario replays this one (the first and quickest scenario). */
 const REPLAY_SCENARIO_DEFAULT = "append-log"
 /** Plain progress lines on a non-terminal (CI logs) come this often. */
@@ -95,7 +97,7 @@ export function registerSimCommands(program: Command): void {
     .description("run many seeds in worker threads; re-run a sample and every failing seed in another worker to prove their hashes repeat")
     .requiredOption("--seeds <n>", "number of seeds", parsePositiveInteger)
     .option("--start <s>", "first seed", parseSeed, 0)
-    .option("--scenario <name>", `only this scenario (default: ${SWEEP_SCENARIOS_DEFAULT.map((s) => s.name).join(", ")})`, parseScenarioName)
+    .option("--scenario <name>", `only this scenario, or "named" for every named scenario but the swarm, or "all" (default: ${SWEEP_SCENARIOS_DEFAULT.map((s) => s.name).join(", ")})`, parseSweepScenarios)
     .option("--shard <i/n>", "run only seeds with (seed mod n) == i", parseShard)
     .option("--jobs <j>", "worker threads (default: available parallelism)", parsePositiveInteger, availableParallelism())
     .option("--recheck-every <k>", `re-run every k-th seed in another worker (at most ${RECHECK_EVERY_MAX}: 5% or more)`, parseRecheckEvery, RECHECK_EVERY_MAX)
@@ -108,7 +110,7 @@ export function registerSimCommands(program: Command): void {
         throw new InvalidArgumentError(`--start ${options.start} --seeds ${options.seeds} runs past the largest seed, 2^53-1`)
       }
       const outcome = await runSweep({
-        scenarios: options.scenario !== undefined ? [options.scenario] : SWEEP_SCENARIOS_DEFAULT,
+        scenarios: options.scenario ?? SWEEP_SCENARIOS_DEFAULT,
         start: options.start,
         seeds: options.seeds,
         shard: options.shard,
@@ -135,7 +137,7 @@ interface RunOptions {
 interface SweepOptions {
   seeds: number
   start: number
-  scenario?: Scenario
+  scenario?: ReadonlyArray<Scenario>
   shard?: { index: number; count: number }
   jobs: number
   recheckEvery: number
@@ -187,6 +189,12 @@ function parseRecheckEvery(text: string): number {
   const every = parsePositiveInteger(text)
   if (every > RECHECK_EVERY_MAX) throw new InvalidArgumentError(`--recheck-every must be at most ${RECHECK_EVERY_MAX} (re-check 5% of seeds or more), got ${every}`)
   return every
+}
+
+function parseSweepScenarios(text: string): ReadonlyArray<Scenario> {
+  if (text === "named") return SWEEP_SCENARIOS_NAMED
+  if (text === "all") return DEFAULT_SWEEP_SCENARIOS
+  return [parseScenarioName(text)]
 }
 
 function parseScenarioName(name: string): Scenario {

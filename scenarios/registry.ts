@@ -2,9 +2,13 @@ import { makeAcceptorStorageScenario } from "./acceptor-storage.js"
 import { makeAppendLogScenario } from "./append-log.js"
 import { makeSafekeeperClusterScenario } from "./safekeeper-cluster.js"
 import type { Scenario } from "./scenario.js"
+import { makeSwarmScenario } from "./swarm.js"
+import { makeIncidentScenarios } from "./incidents.js"
 
 /** Every named scenario. Planted-bug variants exist to prove the checkers can fail. */
 export const SCENARIOS: ReadonlyArray<Scenario> = [
+  makeSwarmScenario(),
+  ...makeIncidentScenarios(),
   makeAppendLogScenario("none"),
   makeAcceptorStorageScenario("none"),
   makeAcceptorStorageScenario("no-fsync"),

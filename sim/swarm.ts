@@ -11,6 +11,7 @@ export type FaultLevel = "off" | "rare" | "frequent"
 export class SwarmConfig {
   private readonly random: seedrandom.PRNG
   readonly levels: Record<string, FaultLevel> = {}
+  private readonly notes: Record<string, string> = {}
 
   constructor(seed: number) {
     this.random = seedrandom.alea(`${seed}/swarm`)
@@ -30,7 +31,24 @@ export class SwarmConfig {
     return level === "off" ? 0 : level === "rare" ? rare : frequent
   }
 
+  /** A float in [0, 1) from the swarm's own stream (plans: times, targets, durations). */
+  float(): number {
+    return this.random()
+  }
+
+  /** An integer in [minInclusive, maxInclusive] from the swarm's own stream. */
+  intBetween(minInclusive: number, maxInclusive: number): number {
+    return minInclusive + Math.floor(this.random() * (maxInclusive - minInclusive + 1))
+  }
+
+  /** Records a drawn choice that is not a fault level (node counts, workload), for the printout. */
+  note(family: string, value: string): void {
+    this.notes[family] = value
+  }
+
   describe(): string {
-    return Object.keys(this.levels).map((family) => `${family}=${this.levels[family]}`).join(" ")
+    const levels = Object.keys(this.levels).map((family) => `${family}=${this.levels[family]}`)
+    const notes = Object.keys(this.notes).map((family) => `${family}=${this.notes[family]}`)
+    return [...notes, ...levels].join(" ")
   }
 }

@@ -46,6 +46,12 @@ export interface ConnectionContext {
   readonly registry: TimelineRegistry
   readonly nodeId: NodeId
   readonly connectionId: number
+  /**
+   * A durable step failed on disk (a write or fsync error): the process must stop, as
+   * PostgreSQL PANICs after a failed fsync, since what the page cache now holds may never
+   * reach the disk and must not be trusted or retried.
+   */
+  readonly fatal?: (reason: string) => Effect.Effect<void, never, Log>
 }
 
 /** Neon's socket read timeout: a peer silent this long is gone. */
@@ -289,6 +295,12 @@ const runCommand = (session: Session, command: ReplicationCommand): Effect.Effec
     }
   })
 
+/** A disk error, or an acceptor or WAL storage fenced by an earlier one: the node must stop. */
+function isDurableFailure(error: { readonly _tag: string }): boolean {
+  if (error._tag === "DiskError") return true
+  return (error._tag === "AcceptorError" || error._tag === "WalStorageError") && "reason" in error && error.reason === "Stopped"
+}
+
 const startWalPush = (session: Session, command: Extract<ReplicationCommand, { _tag: "StartWalPush" }>) =>
   Effect.gen(function* () {
     const { wire, context } = session
@@ -315,6 +327,7 @@ const startWalPush = (session: Session, command: Extract<ReplicationCommand, { _
       const error = pushed.failure
       yield* logWarn("push failed", { connection: context.connectionId, error: describeError(error) })
       yield* sendError(wire, "ERROR", sqlStateOf(error), describeError(error)).pipe(Effect.ignore)
+      if (context.fatal !== undefined && isDurableFailure(error)) yield* context.fatal(describeError(error))
     }
     return "close" as const
   })

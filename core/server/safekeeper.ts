@@ -1,7 +1,7 @@
-import { Effect, Result, Schema } from "effect"
+import { Deferred, Effect, Result, Schema } from "effect"
 import type { NodeId } from "../acceptor/state.js"
 import { Disk, type DiskError, joinPath, parentPath } from "../io/disk.js"
-import { type Log, logInfo, logWarn } from "../io/log.js"
+import { type Log, logError, logInfo, logWarn } from "../io/log.js"
 import { Net, type NetError } from "../io/net.js"
 import { NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
 import { handleConnection } from "./connection.js"
@@ -29,6 +29,11 @@ export class SafekeeperStartError extends Schema.TaggedError<SafekeeperStartErro
   message: Schema.String
 }) {}
 
+/** A durable step failed: the safekeeper stopped (fail-stop) and must be restarted. */
+export class SafekeeperFatalError extends Schema.TaggedError<SafekeeperFatalError>()("SafekeeperFatalError", {
+  message: Schema.String
+}) {}
+
 export interface RunningSafekeeper {
   readonly registry: TimelineRegistry
   readonly address: string
@@ -53,7 +58,11 @@ export const runSafekeeper = <E = never, R = never>(
     let active = 0
     let nextConnectionId = 1
     const connectionCountMax = config.connectionCountMax ?? CONNECTION_COUNT_MAX_DEFAULT
-    return yield* Effect.forever(Effect.gen(function* () {
+    // Fail-stop on a durable-step failure: the node exits and is restarted from what its disk kept.
+    const fatalError = yield* Deferred.make<never, SafekeeperFatalError>()
+    const fatal = (reason: string) =>
+      Effect.asVoid(Effect.andThen(logError("fatal disk failure: stopping the safekeeper", { reason }), Deferred.fail(fatalError, new SafekeeperFatalError({ message: reason }))))
+    const serve = Effect.forever(Effect.gen(function* () {
       const connection = yield* listener.accept
       const connectionId = nextConnectionId++
       if (active >= connectionCountMax) {
@@ -63,11 +72,12 @@ export const runSafekeeper = <E = never, R = never>(
       }
       active++
       yield* Effect.forkChild(
-        handleConnection(connection, { registry, nodeId: config.nodeId, connectionId }).pipe(
+        handleConnection(connection, { registry, nodeId: config.nodeId, connectionId, fatal }).pipe(
           Effect.ensuring(Effect.andThen(connection.close, Effect.sync(() => active--)))
         )
       )
     }))
+    return yield* Effect.raceFirst(serve, Deferred.await(fatalError))
   })
 
 /** `safekeeper.id` is written once from --id and must match it afterwards (Neon refuses a mismatch). */
