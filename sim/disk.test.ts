@@ -711,8 +711,10 @@ describe("SimDisk crash model: directories, any-subset", () => {
 })
 
 describe("SimDisk faults", () => {
-  test("after a failed fsync the pages it was flushing are lost (still readable until a crash); writes issued during it stay dirty", () => {
-    const faults: MutableFaults = { ...NO_DISK_FAULTS, fsyncLatencyUs: [50, 50] }
+  const LINUX: DiskFaults = { ...NO_DISK_FAULTS, lostPages: "readable-until-crash" }
+
+  test.each(["readable-until-crash", "evicted"] as const)("after a failed fsync the pages it was flushing are lost (%s); writes issued during it stay dirty", (lostPages) => {
+    const faults: MutableFaults = { ...NO_DISK_FAULTS, fsyncLatencyUs: [50, 50], lostPages }
     const bench = new Bench(1, faults)
     bench.run(putFile("/f", bytes(2048, 1), { sync: true, syncDirectory: "/" }))
     faults.eioOnFsyncProbability = 1
@@ -726,8 +728,8 @@ describe("SimDisk faults", () => {
       return (yield* Fiber.join(sync)).reason
     }))
     expect(reason).toBe("EIO")
-    // The page cache still holds the lost write: a reader sees what it wrote.
-    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(512, 2), ...bytes(512, 1), ...bytes(512, 3), ...bytes(512, 1)])
+    // Linux: the page cache still holds the lost write, so a reader sees what it wrote.
+    expect([...bench.disk.readFileNow("/f")!]).toEqual([...bytes(512, lostPages === "evicted" ? 1 : 2), ...bytes(512, 1), ...bytes(512, 3), ...bytes(512, 1)])
     expect(bench.disk.stats.injectedErrors).toBe(1)
     faults.eioOnFsyncProbability = 0
     bench.run(Effect.gen(function* () {
@@ -749,7 +751,7 @@ describe("SimDisk faults", () => {
       const file = yield* disk.open("/f", { create: true })
       yield* file.write(0, bytes(100, 1))
       yield* disk.syncDirectory("/") // the name is durable: only the data can be lost
-      bench.disk.setFaults({ ...NO_DISK_FAULTS, ...faults })
+      bench.disk.setFaults({ ...LINUX, ...faults })
       return yield* reasonOf(file.sync)
     }))
     expect(reason).toBe(expected)
@@ -761,8 +763,8 @@ describe("SimDisk faults", () => {
   // Regression (issue 7, item 1): before, another descriptor's fsync succeeded after the EIO and
   // re-reads returned the durable content. Method: three descriptors, one opened after the
   // failure; each fsync's outcome is checked in turn, then a crash shows what the disk kept.
-  test("a writeback error is reported once to every descriptor open at the time, as Linux's errseq_t", () => {
-    const faults: MutableFaults = { ...NO_DISK_FAULTS }
+  test.each(["readable-until-crash", "evicted"] as const)("a writeback error is reported once to every descriptor open at the time, as Linux's errseq_t (lost pages %s)", (lostPages) => {
+    const faults: MutableFaults = { ...NO_DISK_FAULTS, lostPages }
     const bench = new Bench(3, faults)
     bench.run(putFile("/f", bytes(1024, 1), { sync: true, syncDirectory: "/" }))
     const outcome = bench.run(Effect.gen(function* () {
@@ -783,7 +785,7 @@ describe("SimDisk faults", () => {
       return { aFirst, aReread, bFirst, bSecond: Exit.isSuccess(bSecond), aSecond: Exit.isSuccess(aSecond), cFirst: Exit.isSuccess(cFirst) }
     }))
     expect(outcome).toEqual({
-      aFirst: "EIO", aReread: [...bytes(512, 2), ...bytes(512, 1)], bFirst: "EIO", bSecond: true, aSecond: true, cFirst: true
+      aFirst: "EIO", aReread: [...bytes(512, lostPages === "evicted" ? 1 : 2), ...bytes(512, 1)], bFirst: "EIO", bSecond: true, aSecond: true, cFirst: true
     })
     expect(bench.kernel.trace.lines).toContain("0 n#1 disk datasync /f EIO (earlier writeback)")
     bench.crash()
@@ -792,7 +794,7 @@ describe("SimDisk faults", () => {
   })
 
   test("a lost write that extended the file: the size it added is lost too; truncations stay pending", () => {
-    const faults: MutableFaults = { ...NO_DISK_FAULTS }
+    const faults: MutableFaults = { ...LINUX }
     const bench = new Bench(4, faults)
     bench.run(putFile("/f", bytes(600, 1), { sync: true, syncDirectory: "/" }))
     bench.run(Effect.gen(function* () {

@@ -22,9 +22,11 @@ import type { Incarnation, Kernel } from "./kernel.js"
  * - A failed file sync (EIO or ENOSPC) is a failed writeback of the file's dirty pages, as on
  *   Linux since 4.13 (errseq_t; PostgreSQL's "fsyncgate"): the writes it was flushing are no
  *   longer dirty and will never be written (after a crash they are gone, and so is the size
- *   they added), yet reads keep returning them from the page cache until the next crash, so a
- *   process that re-reads sees what it wrote, which is why a failed fsync must never be retried
- *   as if it could succeed. Truncations are inode metadata, not pages: they stay pending. The
+ *   they added). With `lostPages` "readable-until-crash" (Linux) reads keep returning them from
+ *   the page cache until the next crash, also to a restarted process after a clean exit, so a
+ *   reader sees what it wrote, which is why a failed fsync must never be retried as if it could
+ *   succeed; with "evicted" (the default for now) reads show the durable content again at once.
+ *   Truncations are inode metadata, not pages: they stay pending. The
  *   error is reported once to every descriptor open on the file at the time: the failing one
  *   now, each other one at its next sync (which still writes back what is dirty, then fails);
  *   later syncs on a descriptor that saw it succeed as if nothing was lost, and a descriptor
@@ -73,7 +75,16 @@ export interface DiskFaults {
   readonly capacityBytes: number | undefined
   /** Which unsynced metadata operations a crash keeps (see above); "prefix" when absent. */
   readonly metadataCrashModel?: MetadataCrashModel
+  /**
+   * What reads return of the writes a failed fsync lost (see above); "evicted" when absent.
+   * "readable-until-crash" is Linux; it is not the default yet because it exposes a start-up
+   * bug in the acceptor-storage and append-log scenarios (a restarted life trusts, and reports
+   * as flushed, bytes it reads back from a file whose fsync failed).
+   */
+  readonly lostPages?: LostPagesModel
 }
+
+export type LostPagesModel = "evicted" | "readable-until-crash"
 
 export type MetadataCrashModel = "prefix" | "any-subset"
 
@@ -85,7 +96,8 @@ export const NO_DISK_FAULTS: DiskFaults = {
   enospcOnWriteProbability: 0,
   enospcOnFsyncProbability: 0,
   capacityBytes: undefined,
-  metadataCrashModel: "prefix"
+  metadataCrashModel: "prefix",
+  lostPages: "evicted"
 }
 
 export const SECTOR_SIZE_BYTES = 512
@@ -438,10 +450,20 @@ export class SimDisk {
     }
     file.pending.length = kept
     if (lostCount === 0) return
-    // The current view now holds bytes the durable content will never have: a crash must
-    // reset it even when nothing is pending, so the file stays on the dirty list.
-    file.cacheOnly = true
-    this.dirtyFiles.add(file)
+    if (this.faultsNow.lostPages === "readable-until-crash") {
+      // The current view now holds bytes the durable content will never have: a crash must
+      // reset it even when nothing is pending, so the file stays on the dirty list.
+      file.cacheOnly = true
+      this.dirtyFiles.add(file)
+      return
+    }
+    const oldSizeBytes = file.current.sizeBytes
+    file.current = file.durable.clone()
+    for (const op of file.pending) applyFileOp(file.current, op)
+    if (file.linkCount > 0) this.liveBytes += file.current.sizeBytes - oldSizeBytes
+    // A cache-only view from an earlier failure is gone with this rebuild.
+    file.cacheOnly = false
+    if (file.pending.length === 0) this.dirtyFiles.delete(file)
   }
 
   private readWhole(path: string): Outcome<Uint8Array> {
