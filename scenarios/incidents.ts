@@ -1,5 +1,5 @@
 import seedrandom from "seedrandom"
-import type { Scenario } from "./scenario.js"
+import type { Scenario, ScenarioRunOptions } from "./scenario.js"
 import { type FaultAction, runService, type ServicePlan } from "./service.js"
 
 /**
@@ -189,14 +189,19 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
 ]
 
 export function makeIncidentScenarios(): Scenario[] {
-  return INCIDENTS.map((incident) => ({
-    name: incident.name,
-    description: incident.description,
-    expectedMarks: incident.expectedMarks,
-    run: (seed, options) => {
+  return INCIDENTS.map((incident) => {
+    const planOf = (seed: number): ServicePlan => {
       const plan = incident.plan(new Jitter(seed, incident.name))
       const actions = [...plan.actions].sort((a, b) => a.atUs - b.atUs)
-      return runService(incident.name, seed, { ...plan, actions, config: plan.config ?? `incident ${incident.name}` }, options)
+      return { ...plan, actions, config: plan.config ?? `incident ${incident.name}` }
     }
-  }))
+    const runPlan = (seed: number, plan: ServicePlan, options: ScenarioRunOptions) => runService(incident.name, seed, plan, options)
+    return {
+      name: incident.name,
+      description: incident.description,
+      expectedMarks: incident.expectedMarks,
+      run: (seed, options) => runPlan(seed, planOf(seed), options),
+      planned: { planOf, runPlan }
+    }
+  })
 }

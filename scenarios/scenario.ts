@@ -1,4 +1,5 @@
 import type { TripwireHit } from "../sim/tripwires.js"
+import type { ServicePlan } from "./service.js"
 import type { Violation, World } from "../sim/world.js"
 
 /** What one seeded run of a scenario reports (the CLI prints it; sweeps aggregate it). */
@@ -69,6 +70,15 @@ export interface Scenario {
   /** Coverage marks a healthy sweep is expected to reach. */
   readonly expectedMarks: ReadonlyArray<string>
   run(seed: number, options: ScenarioRunOptions): ScenarioResult
+  /**
+   * Scenarios driven by an explicit plan (scenarios/service.ts) expose it: `planOf(seed)` is the
+   * plan `run(seed)` uses, and `runPlan` runs the seed with another plan (what `sk sim shrink`
+   * cuts down). `run(seed)` equals `runPlan(seed, planOf(seed))`.
+   */
+  readonly planned?: {
+    planOf(seed: number): ServicePlan
+    runPlan(seed: number, plan: ServicePlan, options: ScenarioRunOptions): ScenarioResult
+  }
 }
 
 /**

@@ -1,13 +1,16 @@
 import { Effect } from "effect"
 import { NodeId, TenantId, TimelineId } from "../core/acceptor/state.js"
+import type { Disk } from "../core/io/disk.js"
 import { Log, type LogFields, type LogLevel } from "../core/io/log.js"
-import { PG_VERSION_NUM_DEFAULT } from "../core/proposer/machine.js"
+import type { Net } from "../core/io/net.js"
+import { defaultInitialLsn, PG_VERSION_NUM_DEFAULT } from "../core/proposer/machine.js"
 import { runSafekeeper } from "../core/server/safekeeper.js"
 import { formatLsn } from "../core/wal/lsn.js"
 import { computeProgram, type ComputeOptions } from "../sim/compute.js"
 import { NO_DISK_FAULTS, type DiskFaults } from "../sim/disk.js"
 import type { Incarnation } from "../sim/kernel.js"
 import { DEFAULT_NET_FAULTS, type NetFaults } from "../sim/net.js"
+import { pageserverProgram } from "../sim/pageserver.js"
 import { ServiceChecker } from "../sim/service-checker.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import { World } from "../sim/world.js"
@@ -37,6 +40,8 @@ export type FaultAction =
   | { readonly kind: "break"; readonly atUs: number; readonly pickA: number; readonly pickB: number }
   | { readonly kind: "disk-errors"; readonly atUs: number; readonly pick: number; readonly durationUs: number; readonly eioOnFsyncProbability: number; readonly enospcOnWriteProbability: number; readonly eioOnWriteProbability: number }
   | { readonly kind: "start-compute"; readonly atUs: number; readonly compute: number }
+  | { readonly kind: "pause"; readonly atUs: number; readonly pick: number; readonly durationUs: number }
+  | { readonly kind: "crash-pageserver"; readonly atUs: number; readonly restartAfterUs: number }
 
 export interface ServicePlan {
   /** The fault families and levels this plan was drawn with, printed at the start of the run. */
@@ -56,6 +61,10 @@ export interface ServicePlan {
   readonly messageBytes: number
   readonly syncFirst: boolean
   readonly segmentSizeBytes: number
+  /** A pageserver consumes the timeline's WAL (sim/pageserver.ts) and its bytes are checked. */
+  readonly pageserver?: boolean
+  /** Each node's clock runs up to this many ppm fast or slow (timers and sleeps too). */
+  readonly clockDriftPpmMax?: number
 }
 
 export const TENANT = TenantId("0123456789abcdef0123456789abcdef")
@@ -71,8 +80,11 @@ const LOG_MARKS: ReadonlyArray<readonly [string, string]> = [
   ["proposer sync: safekeepers synced", "sync-safekeepers-synced"],
   ["proposer elected with no WAL in sync-safekeepers, exiting", "sync-safekeepers-0/0"],
   ["push failed", "push-refused"],
-  ["timeline failed to load", "timeline-failed-to-load"]
+  ["timeline failed to load", "timeline-failed-to-load"],
+  ["pageserver switched safekeeper", "pageserver-switched-safekeeper"],
+  ["pageserver backoff reset", "pageserver-backoff-reset"]
 ]
+const PAGESERVER = "pageserver"
 
 export function safekeeperNames(count: number): string[] {
   return Array.from({ length: count }, (_, i) => `sk${i + 1}`)
@@ -116,12 +128,19 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
     restartPauseUs: [10_000, 200_000]
   }
 
+  const pageservers = plan.pageserver === true ? [PAGESERVER] : []
   const world: World = new World({
     seed,
-    nodes: [...safekeepers, ...computes],
-    program: (node, life) => withLogMarks(life, logMarks, computes.includes(node)
-      ? computeProgram(node, life, checker, computeOptions, () => ++runNo)
-      : safekeeperProgram(node, created)),
+    nodes: [...safekeepers, ...computes, ...pageservers],
+    program: (node, life) => {
+      const program: Effect.Effect<void, unknown, Disk | Net | Log> = computes.includes(node)
+        ? computeProgram(node, life, checker, computeOptions, () => ++runNo)
+        : node === PAGESERVER
+          ? pageserverNode(life)
+          : safekeeperProgram(node, created)
+      return withLogMarks(life, logMarks, program)
+    },
+    clockDriftPpmMax: plan.clockDriftPpmMax ?? 0,
     diskFaults,
     netFaults,
     crashOnOperationProbability: plan.crashOnOperationProbability,
@@ -226,6 +245,20 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
         kernel.after(action.durationUs, () => disk.setFaults(diskFaults), undefined)
         return
       }
+      case "pause": {
+        const node = pickOf(up([...safekeepers, ...startedComputes, ...pageservers]), action.pick)
+        if (node === undefined) return
+        fault("pause", [node], `${action.durationUs} us`)
+        world.pause(node, action.durationUs)
+        return
+      }
+      case "crash-pageserver": {
+        if (!world.isUp(PAGESERVER)) return
+        fault("crash", [PAGESERVER])
+        world.crash(PAGESERVER, "nemesis")
+        restartAfter(PAGESERVER, action.restartAfterUs)
+        return
+      }
       case "start-compute": {
         const node = computes[action.compute]
         if (node === undefined || startedComputes.has(node)) return
@@ -242,6 +275,7 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   // The first compute starts with the run; others as the plan says.
   startedComputes.add(computes[0]!)
   world.start(computes[0]!)
+  for (const node of pageservers) world.start(node)
   const tripsFault = world.run(plan.faultPhaseUs)
 
   // Liveness: faults stop, the network heals, every safekeeper runs, one compute remains.
@@ -255,6 +289,7 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   const survivor = computes[0]!
   for (const node of computes) if (node !== survivor) world.crash(node, "liveness phase: one compute remains")
   if (!world.isUp(survivor)) world.start(survivor)
+  for (const node of pageservers) if (!world.isUp(node)) world.start(node)
   checker.livenessStarted = true
   // A safekeeper that lost its disk holds no timeline until pull_timeline exists: it is not counted.
   const holders = () => safekeepers.filter((sk) => !checker.isWiped(sk))
@@ -283,6 +318,8 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   const disks = [...world.disks.values()].map((d) => d.stats)
   if (disks.some((s) => s.tornWrites > 0)) marks.add("torn-write")
   if (disks.some((s) => s.injectedErrors > 0)) marks.add("disk-error-injected")
+  if (world.stats.pauses > 0) marks.add("node-paused")
+  if (checker.consumedBytes > 0) marks.add("consumer-received-wal")
   world.dispose()
   const result = resultOf(world, {
     scenario: name,
@@ -299,10 +336,27 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
       proposerRuns: runNo,
       faultActions: plan.actions.length,
       competingComputes: marks.has("competing-computes") ? 1 : 0,
-      committed: checker.maxCommitLsn > checker.timelineStartLsn ? 1 : 0
+      committed: checker.maxCommitLsn > checker.timelineStartLsn ? 1 : 0,
+      consumedBytes: checker.consumedBytes
     }
   })
   return recordTimeline ? { ...result, timeline: { faults, progress: checker.progress, messages: checker.messages } } : result
+
+  function pageserverNode(life: Incarnation) {
+    return pageserverProgram({
+      tenantId: TENANT,
+      timelineId: TIMELINE,
+      safekeepers: addresses,
+      initialLsn: defaultInitialLsn(plan.segmentSizeBytes),
+      life,
+      manager: { walConnectTimeoutUs: 2_000_000, laggingWalTimeoutUs: 1_500_000, maxLsnWalLagBytes: 256 * 1024, retryBackoffMinUs: 100_000, retryBackoffMaxUs: 2_000_000 },
+      probeIntervalUs: 300_000,
+      feedbackIntervalUs: 200_000,
+      hooks: {
+        onWalReceived: ({ startLsn, bytes }) => checker.consumerReceived(PAGESERVER, startLsn, bytes)
+      }
+    })
+  }
 
   function safekeeperProgram(node: string, createdOn: Set<string>) {
     const nodeId = NodeId(Number(node.slice(2)))

@@ -16,7 +16,8 @@ export const SWARM_EXPECTED_MARKS: ReadonlyArray<string> = [
   "re-election", "competing-computes", "vote-refused", "truncated-tail", "donor-recovery",
   "sk-crash-after-commit", "acked-wal-survived-crash", "crash-between-operations", "partition-healed",
   "isolation-healed", "clogged", "disk-loss-survived", "fail-stop-after-disk-error", "disk-error-injected", "torn-write", "sync-safekeepers-0/0",
-  "sync-safekeepers-synced", "commit-after-faults", "new-term-over-old-wal"
+  "sync-safekeepers-synced", "commit-after-faults", "new-term-over-old-wal", "node-paused",
+  "consumer-received-wal", "pageserver-switched-safekeeper", "pageserver-backoff-reset"
 ]
 
 export function swarmPlan(seed: number): ServicePlan {
@@ -43,6 +44,10 @@ export function swarmPlan(seed: number): ServicePlan {
   for (let i = count("disk-errors", 1, 3); i > 0; i--) {
     actions.push({ kind: "disk-errors", atUs: at(), pick: swarm.float(), durationUs: swarm.intBetween(50_000, 500_000), eioOnFsyncProbability: 0.05, enospcOnWriteProbability: 0.02, eioOnWriteProbability: 0.01 })
   }
+  for (let i = count("pause", 2, 5); i > 0; i--) actions.push({ kind: "pause", atUs: at(), pick: swarm.float(), durationUs: swarm.intBetween(5_000, 1_500_000) })
+  const pageserver = swarm.float() < 2 / 3
+  swarm.note("pageserver", String(pageserver))
+  if (pageserver) for (let i = count("pageserver-crash", 1, 3); i > 0; i--) actions.push({ kind: "crash-pageserver", atUs: at(), restartAfterUs: swarm.intBetween(20_000, 300_000) })
   const wipe = swarm.level("disk-loss")
   if (wipe === "frequent" || (wipe === "rare" && swarm.float() < 0.5)) actions.push({ kind: "wipe", atUs: at(), pick: swarm.float(), restartAfterUs: swarm.intBetween(20_000, 300_000) })
   actions.sort((a, b) => a.atUs - b.atUs)
@@ -62,7 +67,9 @@ export function swarmPlan(seed: number): ServicePlan {
     rateBytesPerSecond: swarm.level("wal-rate") === "frequent" ? 1024 * 1024 : 256 * 1024,
     messageBytes: swarm.level("big-records") === "off" ? 200 : 20_000,
     syncFirst: swarm.float() < 2 / 3,
-    segmentSizeBytes: 1024 * 1024
+    segmentSizeBytes: 1024 * 1024,
+    pageserver,
+    clockDriftPpmMax: swarm.pick("clock-drift", 200, 20_000)
   }
   swarm.note("sync-first", String(plan.syncFirst))
   return { ...plan, config: swarm.describe() }
@@ -74,6 +81,7 @@ export function makeSwarmScenario(): Scenario {
     name,
     description: "the whole service (safekeepers, competing computes running the walproposer) under a per-seed swarm of faults: crashes also between I/O operations, disk loss, disk errors, partitions, isolation, breaks, delays, skew; DESIGN.md §6 safety checks online and on every disk, then a liveness phase",
     expectedMarks: SWARM_EXPECTED_MARKS,
-    run: (seed, options) => runService(name, seed, swarmPlan(seed), options)
+    run: (seed, options) => runService(name, seed, swarmPlan(seed), options),
+    planned: { planOf: swarmPlan, runPlan: (seed, plan, options) => runService(name, seed, plan, options) }
   }
 }
