@@ -26,13 +26,13 @@ import type { Incarnation, Kernel } from "./kernel.js"
  *   the page cache until the next crash, also to a restarted process after a clean exit, so a
  *   reader sees what it wrote, which is why a failed fsync must never be retried as if it could
  *   succeed; with "evicted" (the default for now) reads show the durable content again at once.
- *   Truncations are inode metadata, not pages: they stay pending. The
- *   error is reported once to every descriptor open on the file at the time: the failing one
- *   now, each other one at its next sync (which still writes back what is dirty, then fails);
- *   later syncs on a descriptor that saw it succeed as if nothing was lost, and a descriptor
- *   opened after the failure never sees it. Writes issued while the failing sync was in flight
- *   stay dirty. Any injected sync failure counts as a writeback error, even with nothing
- *   dirty. A failed `syncDirectory` leaves its operations pending.
+ *   Truncations are inode metadata, not pages: they stay pending. Writes issued while the
+ *   failing sync was in flight stay dirty. The error is reported once to every descriptor open
+ *   on the file at the time: the failing one now, each other one at its next sync (which still
+ *   writes back what is dirty, then fails); later syncs on a descriptor that saw it succeed as
+ *   if nothing was lost, and a descriptor opened after the failure never sees it. Any injected
+ *   sync failure counts as a writeback error, even with nothing dirty. A failed
+ *   `syncDirectory` leaves its operations pending.
  * - Rename within one directory is one atomic metadata operation of that directory. A rename
  *   across directories is two: linking the new name (durable with the destination directory)
  *   and removing the old name (durable with the source directory). At a crash the removal
@@ -51,10 +51,10 @@ import type { Incarnation, Kernel } from "./kernel.js"
  *   node's data is the file's own business), which is the state "create then rename" would
  *   leave. In both models the removal half of a rename across directories needs its link
  *   half. Whatever is no longer reachable from the root is gone (files in an undone mkdir, and
- *   in a directory whose rmdir survived while removals inside it did not, go with it). Per file: each unsynced
- *   write survives independently, whole or torn at 512-byte sector boundaries (aligned to the
- *   absolute offset): to a prefix, or, in half the crashes, to any subset of its sectors; and
- *   survivors are applied in a random order; truncations are
+ *   in a directory whose rmdir survived while removals inside it did not, go with it).
+ * - Crash, per file: each unsynced write survives independently, whole or torn at 512-byte
+ *   sector boundaries (aligned to the absolute offset): to a prefix, or, in half the crashes,
+ *   to any subset of its sectors; and survivors are applied in a random order; truncations are
  *   file metadata: a random prefix of them survives, and a surviving write issued before a
  *   surviving truncation is cut by it. The survival and tearing rates are drawn per crash, so
  *   some crashes keep almost everything and some almost nothing.

@@ -5,8 +5,13 @@ import type { Incarnation, Kernel, Timer } from "./kernel.js"
 
 /**
  * The simulated network (DESIGN.md §5): ordered byte streams between "host:port" addresses
- * with bounded send buffers, per-chunk delays, breaks, partitions that hold bytes, and kill -9
- * crashes of hosts. It is Effect-free except at the edge, where each blocked operation is an
+ * with bounded send buffers, per-chunk delays (uniform, with an optional long tail), per-chunk
+ * breaks, partitions, clogs and isolations (one-way or both ways) that hold bytes and break
+ * connections they outlast, connects that retransmit their SYN, and kill -9 crashes of hosts.
+ * Every connection has its own two directions, and a break clears them: bytes in flight on an
+ * old connection never reach a new one (a crashed host's bytes already on the wire may still
+ * reach the old peer, then its RST). Every byte written is folded into the trace's data digest
+ * (DESIGN.md §3). It is Effect-free except at the edge, where each blocked operation is an
  * `Effect.callback` that is re-attempted when woken.
  *
  * Inline resumption (effect-determinism.md, pitfall 12): Effect 4 runs a fiber inside the
