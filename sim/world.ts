@@ -8,6 +8,9 @@ import { SimNet, type NetFaults } from "./net.js"
 import { EPOCH_US, LifeGate, gatedDisk, gatedNet, simLog, startLife, watchRealWaits, type SimScheduler } from "./runtime.js"
 import { withTripwires, type TripwireHit } from "./tripwires.js"
 
+/** A sweep calls this after each seed: late calls may arrive after a seed's result was assembled. */
+export { takeLateCalls, type LateCall } from "./kernel.js"
+
 /**
  * A simulated world: nodes with their own disks on one network, all in one kernel. A node
  * life (incarnation) runs the node's program as a root fiber; a crash is kill -9: the life is
