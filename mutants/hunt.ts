@@ -1,29 +1,95 @@
-import { findScenario } from "../scenarios/registry.js"
+import { spawnSync } from "node:child_process"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 
 /**
- * Runs seeds of one scenario in order until the first failing one (the mutant runner calls
- * this inside a scratch copy with a planted bug applied) and prints one JSON line:
- * {"scenario", "seedsRun", "firstFailingSeed" | null, "seconds", "violation"}.
+ * Sweeps one scenario until its first failing seed (the mutant runner calls this inside a
+ * scratch copy with a planted bug applied and built) and prints one JSON line (a `Hunt`).
+ * Seeds run through `sk sim sweep` in worker threads, in batches that double (4, 8, 16, ...)
+ * so a quick catch costs few seeds and a long hunt few process starts; the first failure is
+ * the lowest failing seed of the first batch that has one. Usage: hunt <scenario> <cap> [jobs].
  */
-const [scenarioName, seedCountText] = process.argv.slice(2)
-const scenario = scenarioName === undefined ? undefined : findScenario(scenarioName)
-const seedCount = Number(seedCountText ?? "1000")
-if (scenario === undefined || !Number.isSafeInteger(seedCount) || seedCount <= 0) {
-  process.stderr.write("usage: hunt <scenario> <seeds>\n")
-  process.exit(1)
+export interface Hunt {
+  readonly scenario: string
+  readonly seedsRun: number
+  readonly firstFailingSeed: number | null
+  readonly seconds: number
+  /** The first violation's text, as the sweep reports it (who, time, message). */
+  readonly violation: string | null
+  /** The violated invariant: the message before its first ':' (or "nondeterminism", "threw"). */
+  readonly invariant: string | null
 }
-const startedMs = Date.now()
-let firstFailingSeed: number | null = null
-let violation: string | null = null
-let seedsRun = 0
-for (let seed = 0; seed < seedCount; seed++) {
-  const result = scenario.run(seed, { recordTrace: false })
-  seedsRun++
-  if (!result.ok) {
-    firstFailingSeed = seed
-    const first = result.violations[0]
-    violation = first === undefined ? `non-determinism: ${result.nondeterminism[0]?.what ?? "?"}` : `${first.who}: ${first.message}`
-    break
+
+/** What the sweep's `--json` summary holds that a hunt reads. */
+interface SweepJson {
+  readonly runs: number
+  readonly failures: ReadonlyArray<{ readonly seed: number; readonly kind: string; readonly detail: string }>
+}
+
+const FIRST_BATCH_SEEDS = 4
+
+/** The invariant a sweep failure's detail names: "<scenario> seed N: <who> at T µs: <invariant>: ...". */
+export function invariantOf(kind: string, detail: string): string {
+  if (kind === "nondeterminism") return "nondeterminism"
+  if (/: the run threw /.test(detail)) return "threw"
+  const match = /seed \d+: .*? at -?\d+ µs: ([^:;]+)/.exec(detail)
+  return match === null ? detail.split(":")[0]!.trim() : match[1]!.trim()
+}
+
+/** The violation text without the "<scenario> seed N: " prefix (and a liveness prefix kept). */
+function violationOf(detail: string): string {
+  return detail.replace(/^(liveness failure: )?\S+ seed \d+: /, "$1")
+}
+
+function parseSweep(stdout: string): SweepJson {
+  const line = stdout.trim().split("\n").pop() ?? ""
+  const parsed: unknown = JSON.parse(line)
+  if (typeof parsed !== "object" || parsed === null || !("failures" in parsed) || !("runs" in parsed)) {
+    throw new Error(`hunt: not a sweep summary: ${line.slice(0, 200)}`)
   }
+  return parsed as SweepJson
 }
-process.stdout.write(`${JSON.stringify({ scenario: scenario.name, seedsRun, firstFailingSeed, seconds: (Date.now() - startedMs) / 1000, violation })}\n`)
+
+export function hunt(root: string, scenario: string, cap: number, jobs: number): Hunt {
+  const startedMs = Date.now()
+  let start = 0
+  let batch = FIRST_BATCH_SEEDS
+  while (start < cap) {
+    const seeds = Math.min(batch, cap - start)
+    const run = spawnSync(process.execPath, [
+      path.join(root, "bin", "sk.js"), "sim", "sweep", "--scenario", scenario, "--start", String(start), "--seeds", String(seeds),
+      "--jobs", String(jobs), "--recheck-every", "20", "--json"
+    ], { cwd: root, encoding: "utf8", maxBuffer: 64 * 1024 * 1024 })
+    if (run.error !== undefined) throw run.error
+    // Exit codes 2..5 are verdicts (safety, nondeterminism, liveness, coverage); 1 is a usage error.
+    if (run.status === 1 || run.status === null) throw new Error(`hunt: sweep failed (${run.status ?? run.signal}): ${run.stderr.slice(-2000)}`)
+    const summary = parseSweep(run.stdout)
+    const first = [...summary.failures].sort((a, b) => a.seed - b.seed)[0]
+    if (first !== undefined) {
+      return {
+        scenario,
+        seedsRun: first.seed + 1,
+        firstFailingSeed: first.seed,
+        seconds: (Date.now() - startedMs) / 1000,
+        violation: violationOf(first.detail),
+        invariant: invariantOf(first.kind, first.detail)
+      }
+    }
+    start += seeds
+    batch *= 2
+  }
+  return { scenario, seedsRun: start, firstFailingSeed: null, seconds: (Date.now() - startedMs) / 1000, violation: null, invariant: null }
+}
+
+const invokedDirectly = process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)
+if (invokedDirectly) {
+  const [scenario, capText, jobsText] = process.argv.slice(2)
+  const cap = Number(capText ?? "100")
+  const jobs = Number(jobsText ?? "2")
+  if (scenario === undefined || !Number.isSafeInteger(cap) || cap <= 0 || !Number.isSafeInteger(jobs) || jobs <= 0) {
+    process.stderr.write("usage: hunt <scenario> <cap> [jobs]\n")
+    process.exit(1)
+  }
+  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+  process.stdout.write(`${JSON.stringify(hunt(root, scenario, cap, jobs))}\n`)
+}

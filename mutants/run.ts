@@ -3,55 +3,103 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
+import type { Hunt } from "./hunt.js"
 
 /**
- * `npm run mutants`: for each planted bug in mutants/*.patch, copy the working tree to a
- * scratch directory, apply the patch there (never in the real tree), build, and run the
- * patch's scenario seed after seed until the first failure. Prints, per mutant, after how many
- * seeds and how many seconds the simulator caught it, or that it escaped (exit 1 then).
- * A patch names its scenario and seed budget in a first line `# scenario: NAME seeds: N`.
+ * `npm run mutants [filter]`: for each planted bug in mutants/*.patch (whose name contains the
+ * filter, if given), copy the working tree to a scratch directory, apply the patch there (never
+ * in the real tree), build, and sweep the patch's scenario (mutants/hunt.ts: worker threads,
+ * doubling batches) until the first failing seed or the patch's seed cap. Prints per mutant
+ * whether it was caught, the seeds to the first failure, the violated invariant and the
+ * seconds, then a table and the median seeds-to-catch. Exit 1 if any escaped or did not apply.
+ * A patch names its scenario and seed cap in a first line `# scenario: NAME seeds: N`.
+ * SK_MUTANT_JOBS sets the sweep's worker threads (default 2: the machine is shared).
  */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 const MUTANTS_DIR = path.join(ROOT, "mutants")
 const COPY_EXCLUDES = new Set(["node_modules", "dist", ".git", "reports-out"])
 
-interface Hunt {
-  readonly scenario: string
-  readonly seedsRun: number
-  readonly firstFailingSeed: number | null
-  readonly seconds: number
-  readonly violation: string | null
+interface Outcome {
+  readonly name: string
+  readonly hunt: Hunt | undefined
+  /** Why the mutant was not hunted (the patch did not apply). */
+  readonly problem: string | undefined
+}
+
+export function parseHeader(text: string): { readonly scenario: string; readonly seeds: number } | undefined {
+  const header = /^# scenario: (\S+) seeds: (\d+)/.exec(text)
+  return header === null ? undefined : { scenario: header[1]!, seeds: Number(header[2]!) }
+}
+
+export function median(values: ReadonlyArray<number>): number | undefined {
+  if (values.length === 0) return undefined
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+function huntOne(name: string, jobs: number): Outcome {
+  const patchPath = path.join(MUTANTS_DIR, name)
+  const header = parseHeader(fs.readFileSync(patchPath, "utf8"))
+  if (header === undefined) return { name, hunt: undefined, problem: `first line must be "# scenario: NAME seeds: N"` }
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "sk-mutant-"))
+  try {
+    copyTree(ROOT, scratch)
+    fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(scratch, "node_modules"))
+    const patched = spawnSync("patch", ["-p1", "--quiet", "--forward", "-i", patchPath], { cwd: scratch, encoding: "utf8" })
+    if (patched.status !== 0) return { name, hunt: undefined, problem: `patch does not apply: ${patched.stdout}${patched.stderr}`.trim() }
+    // A patch that breaks type checking still emits JavaScript; the simulator judges it.
+    const built = spawnSync(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: scratch, encoding: "utf8" })
+    if (built.status !== 0) process.stdout.write(`note: ${name} does not type-check in the scratch copy:\n${built.stdout}`)
+    const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header.scenario, String(header.seeds), String(jobs)], {
+      cwd: scratch,
+      encoding: "utf8",
+      maxBuffer: 64 * 1024 * 1024
+    })
+    return { name, hunt: JSON.parse(output.trim().split("\n").pop()!) as Hunt, problem: undefined }
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true })
+  }
 }
 
 function main(): number {
   const only = process.argv[2]
+  const jobs = Number(process.env["SK_MUTANT_JOBS"] ?? "2")
+  if (!Number.isSafeInteger(jobs) || jobs < 1) throw new Error(`SK_MUTANT_JOBS must be a positive integer, not ${process.env["SK_MUTANT_JOBS"]}`)
   const patches = fs.readdirSync(MUTANTS_DIR).filter((name) => name.endsWith(".patch") && (only === undefined || name.includes(only))).sort()
-  let escaped = 0
+  if (patches.length === 0) {
+    process.stderr.write(`no mutant matches ${only ?? "(none)"}\n`)
+    return 1
+  }
+  const outcomes: Outcome[] = []
   for (const name of patches) {
-    const patchPath = path.join(MUTANTS_DIR, name)
-    const header = /^# scenario: (\S+) seeds: (\d+)/m.exec(fs.readFileSync(patchPath, "utf8"))
-    if (header === null) throw new Error(`${name}: first line must be "# scenario: NAME seeds: N"`)
-    const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "sk-mutant-"))
-    try {
-      copyTree(ROOT, scratch)
-      fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(scratch, "node_modules"))
-      execFileSync("patch", ["-p1", "--quiet", "-i", patchPath], { cwd: scratch, stdio: "inherit" })
-      // A patch that breaks type checking still emits JavaScript; the simulator judges it.
-      const built = spawnSync(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: scratch, encoding: "utf8" })
-      if (built.status !== 0) process.stdout.write(`note: ${name} does not type-check in the scratch copy:\n${built.stdout}`)
-      const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header[1]!, header[2]!], { cwd: scratch, encoding: "utf8" })
-      const hunt = JSON.parse(output.trim().split("\n").pop()!) as Hunt
-      if (hunt.firstFailingSeed === null) {
-        escaped++
-        process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)\n`)
-      } else {
-        process.stdout.write(`caught  ${name}: ${hunt.scenario} failed at seed ${hunt.firstFailingSeed} (after ${hunt.seedsRun} seeds, ${hunt.seconds.toFixed(1)} s): ${hunt.violation}\n`)
-      }
-    } finally {
-      fs.rmSync(scratch, { recursive: true, force: true })
+    const outcome = huntOne(name, jobs)
+    outcomes.push(outcome)
+    const hunt = outcome.hunt
+    if (hunt === undefined) {
+      process.stdout.write(`BROKEN  ${name}: ${outcome.problem ?? "?"}\n`)
+    } else if (hunt.firstFailingSeed === null) {
+      process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)\n`)
+    } else {
+      process.stdout.write(`caught  ${name}: ${hunt.scenario} failed at seed ${hunt.firstFailingSeed} (${hunt.seedsRun} seeds, ${hunt.seconds.toFixed(1)} s): ${hunt.violation ?? ""}\n`)
     }
   }
-  return escaped === 0 ? 0 : 1
+  process.stdout.write(`\n${table(outcomes)}`)
+  const caught = outcomes.flatMap((o) => (o.hunt !== undefined && o.hunt.firstFailingSeed !== null ? [o.hunt.seedsRun] : []))
+  process.stdout.write(`caught ${caught.length}/${outcomes.length}; median seeds to catch: ${median(caught) ?? "-"}\n`)
+  return caught.length === outcomes.length ? 0 : 1
+}
+
+/** A plain-text table: mutant, caught?, seeds to the first failure, invariant, seconds. */
+export function table(outcomes: ReadonlyArray<Outcome>): string {
+  const rows = [["mutant", "caught", "seeds", "invariant", "seconds"]]
+  for (const { name, hunt, problem } of outcomes) {
+    const mutant = name.replace(/\.patch$/, "")
+    if (hunt === undefined) rows.push([mutant, "broken", "-", problem?.split("\n")[0] ?? "-", "-"])
+    else rows.push([mutant, hunt.firstFailingSeed === null ? "ESCAPED" : "yes", String(hunt.seedsRun), hunt.invariant ?? "-", hunt.seconds.toFixed(1)])
+  }
+  const widths = rows[0]!.map((_, column) => Math.max(...rows.map((row) => row[column]!.length)))
+  return rows.map((row) => `${row.map((cell, column) => cell.padEnd(widths[column]!)).join("  ").trimEnd()}\n`).join("")
 }
 
 function copyTree(from: string, to: string): void {
@@ -68,4 +116,5 @@ function copyTree(from: string, to: string): void {
   }
 }
 
-process.exitCode = main()
+const invokedDirectly = process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)
+if (invokedDirectly) process.exitCode = main()
