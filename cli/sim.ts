@@ -8,6 +8,7 @@ import { type RunContext, runHtml, runJson, runText, writeRunReport } from "../r
 import { sweepHtml, sweepText } from "../reports/sweep-report.js"
 import { EFFECT_VERSION, sourceCommit } from "../sim/version.js"
 import { parsePositiveInteger, parseSeed, parseShard } from "./options.js"
+import { registerShrinkCommand } from "./shrink.js"
 import {
   EXIT_COVERAGE,
   MARKS_ENFORCED_RUNS_MIN,
@@ -123,6 +124,8 @@ export function registerSimCommands(program: Command): void {
       console.log(options.json === true ? JSON.stringify(sweepJson(outcome)) : sweepOutcomeText(outcome))
       process.exitCode = outcome.exitCode
     })
+
+  registerShrinkCommand(sim)
 }
 
 interface RunOptions {
