@@ -130,16 +130,24 @@ describe("sk sim shrink end to end", () => {
   // anything to commit (1 us): every plan fails "liveness:", so the shrink must reach 0 actions.
   const name = "shrink-test-liveness"
   const planOf = (seed: number): ServicePlan => ({ ...swarmPlan(seed), livenessPhaseUs: 1, faultPhaseUs: 400_000 })
+  let runs = 0
   const scenario: Scenario = {
     name,
     description: "swarm plans with a liveness phase of 1 us (test only)",
     expectedMarks: [],
     run: (seed, options) => runService(name, seed, planOf(seed), options),
-    planned: { planOf, runPlan: (seed, plan, options) => runService(name, seed, plan, options) }
+    planned: {
+      planOf,
+      runPlan: (seed, plan, options) => {
+        runs++
+        return runService(name, seed, plan, options)
+      }
+    }
   }
   const seed = 3
 
   test("shrinks a failing seed's plan to no actions; the plan file replays to the same invariant", () => {
+    runs = 0
     const before = planOf(seed)
     expect(before.actions.length).toBeGreaterThan(3)
     const lines: string[] = []
@@ -147,7 +155,9 @@ describe("sk sim shrink end to end", () => {
     expect(outcome.invariant).toBe("liveness")
     expect(outcome.actionsBefore).toBe(before.actions.length)
     expect(outcome.actionsAfter).toBe(0)
-    expect(outcome.runs).toBeLessThanOrEqual(40)
+    // Every simulated run counts, the seed's own first run too.
+    expect(outcome.runs).toBe(runs)
+    expect(runs).toBeLessThanOrEqual(40)
     // ddmin's first try, the empty list, already fails.
     expect(lines[0]).toBe("ddmin 0")
     expect(shrinkText(outcome, "sk sim shrink --replay F")).toContain(`shrunk from ${before.actions.length} fault actions to 0 (runs: ${outcome.runs}); invariant: liveness; replay: sk sim shrink --replay F`)
@@ -158,6 +168,15 @@ describe("sk sim shrink end to end", () => {
     const replayed = replayPlanFile(file, (n) => (n === name ? scenario : undefined))
     expect(replayed.result.violations.some((v) => invariantOf(v.message) === "liveness")).toBe(true)
     expect(exitCodeOfVerdict(verdictOf(replayed.result))).toBe(EXIT_LIVENESS)
+  })
+
+  test("--max-runs bounds every run, the first one included", () => {
+    runs = 0
+    const outcome = shrinkScenario(scenario, seed, { runsMax: 3 })
+    expect(runs).toBe(3)
+    expect(outcome.runs).toBe(3)
+    expect(outcome.exhausted).toBe(true)
+    expect(outcome.invariant).toBe("liveness")
   })
 
   test("a passing seed has nothing to shrink", () => {

@@ -5,7 +5,7 @@ import { Schema } from "effect"
 import { findScenario, SCENARIOS } from "../scenarios/registry.js"
 import type { Scenario, ScenarioResult } from "../scenarios/scenario.js"
 import type { ServicePlan } from "../scenarios/service.js"
-import { invariantOf, SHRINK_RUNS_MAX_DEFAULT, shrinkPlan, type ShrinkStep } from "../scenarios/shrink.js"
+import { invariantOf, planKey, SHRINK_RUNS_MAX_DEFAULT, shrinkPlan, type ShrinkStep } from "../scenarios/shrink.js"
 import { parsePositiveInteger, parseSeed } from "./options.js"
 import { exitCodeOfVerdict, verdictOf } from "./sweep.js"
 
@@ -91,6 +91,7 @@ interface ShrinkOptions {
  * violates nothing.
  */
 export function shrinkScenario(scenario: Scenario, seed: number, options: { readonly runsMax: number; readonly onStep?: (step: ShrinkStep) => void }): ShrinkOutcome {
+  if (!Number.isInteger(options.runsMax) || options.runsMax < 1) throw new RangeError(`runsMax must be a positive integer, got ${options.runsMax}`)
   const planned = scenario.planned
   if (planned === undefined) {
     throw new ShrinkError({ reason: "NotPlanned", message: `scenario ${scenario.name} is not driven by a plan; shrink one of: ${SCENARIOS.filter((s) => s.planned !== undefined).map((s) => s.name).join(", ")}` })
@@ -103,18 +104,28 @@ export function shrinkScenario(scenario: Scenario, seed: number, options: { read
     throw new ShrinkError({ reason: "NothingToShrink", message: `nothing to shrink: ${scenario.name} seed ${seed}: ${why}` })
   }
   const invariant = invariantOf(violation.message)
-  const fails = (plan: ServicePlan) => violationOf(planned.runPlan(seed, plan, { recordTrace: false }), invariant) !== undefined
-  const shrunk = shrinkPlan(original, fails, options)
-  // Memoised runs answered the search; one more run names the violation the repro shows.
-  const final = violationOf(planned.runPlan(seed, shrunk.plan, { recordTrace: false }), invariant)
-  if (final === undefined) throw new Error(`shrink: the shrunk plan of ${scenario.name} seed ${seed} no longer fails ${invariant}: a run is not deterministic`)
+  // The violation each failing plan showed, so the repro names its own without another run.
+  const shown = new Map<string, string>([[planKey(original), violation.message]])
+  const fails = (plan: ServicePlan) => {
+    const message = violationOf(planned.runPlan(seed, plan, { recordTrace: false }), invariant)
+    if (message !== undefined) shown.set(planKey(plan), message)
+    return message !== undefined
+  }
+  // The first run counts against --max-runs too.
+  const onStep = options.onStep
+  const shrunk = shrinkPlan(original, fails, {
+    runsMax: options.runsMax - 1,
+    ...(onStep !== undefined ? { onStep: (step: ShrinkStep) => onStep({ ...step, runs: step.runs + 1 }) } : {})
+  })
+  const final = shown.get(planKey(shrunk.plan))
+  if (final === undefined) throw new Error(`shrink: no run of the shrunk plan of ${scenario.name} seed ${seed} showed ${invariant}`)
   return {
     scenario: scenario.name,
     seed,
     invariant,
     actionsBefore: original.actions.length,
     actionsAfter: shrunk.plan.actions.length,
-    runs: shrunk.runs,
+    runs: shrunk.runs + 1,
     exhausted: shrunk.exhausted,
     plan: shrunk.plan,
     violation: final

@@ -238,7 +238,7 @@ function lowerRate(plan: ServicePlan): ReadonlyArray<ServicePlan> {
 }
 
 /** A plan's identity for memoising runs (JSON of plain data: key order is the builders'). */
-function planKey(plan: ServicePlan): string {
+export function planKey(plan: ServicePlan): string {
   return JSON.stringify(plan)
 }
 
