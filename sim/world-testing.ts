@@ -19,6 +19,10 @@ export interface TestWorldOptions<A, E> {
   readonly diskFaults?: DiskFaults
   readonly netFaults?: NetFaults
   readonly recordTrace?: boolean
+  /** Per-node clock drift bound (WorldOptions.clockDriftPpmMax); none by default. */
+  readonly clockDriftPpmMax?: number
+  /** A lower per-instant step budget makes a livelocking test fail sooner. */
+  readonly stepsPerInstantMax?: number
 }
 
 export interface TestWorldResult<A, E> {
@@ -48,7 +52,9 @@ export function runTestWorld<A, E>(options: TestWorldOptions<A, E>): TestWorldRe
     clockSkewUsMax: 0,
     restartDelayUs: [1_000_000_000, 1_000_000_000],
     recordTrace: options.recordTrace ?? false,
-    traceHeader: []
+    traceHeader: [],
+    ...(options.clockDriftPpmMax === undefined ? {} : { clockDriftPpmMax: options.clockDriftPpmMax }),
+    ...(options.stepsPerInstantMax === undefined ? {} : { stepsPerInstantMax: options.stepsPerInstantMax })
   })
   world.faultsEnabled = false
   for (const node of Object.keys(servers)) world.start(node)

@@ -13,6 +13,7 @@ import { Net } from "../core/io/net.js"
 import { NO_DISK_FAULTS } from "./disk.js"
 import { takeLateCalls } from "./kernel.js"
 import { DEFAULT_NET_FAULTS } from "./net.js"
+import { runTestWorld } from "./world-testing.js"
 import { World, type NodeProgram, type WorldOptions } from "./world.js"
 
 function makeWorld(seed: number, program: NodeProgram, crashOnOperationProbability = 0, extra: Partial<WorldOptions> = {}): World {
@@ -168,6 +169,10 @@ describe("a livelock fails the run instead of hanging it", () => {
     world.run(20_000)
     expect(world.kernel.nowUs).toBe(nowUs)
     world.dispose()
+  })
+
+  test("a test world whose client livelocks throws the livelock instead of hanging", () => {
+    expect(() => runTestWorld({ servers: {}, client: Effect.forever(Effect.yieldNow), stepsPerInstantMax: 10_000 })).toThrow(/livelock: more than 10000 steps/)
   })
 
   test("a node whose time creeps forward runs into the total budget, which a world can lower", () => {

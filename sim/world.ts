@@ -86,6 +86,8 @@ export class World {
     })
     this.net = new SimNet(this.kernel, options.netFaults)
     const driftPpmMax = options.clockDriftPpmMax ?? 0
+    // Beyond ±50% a clock is broken, not drifting (and at −100% it would stop).
+    if (!Number.isSafeInteger(driftPpmMax) || driftPpmMax < 0 || driftPpmMax > 500_000) throw new Error(`clockDriftPpmMax ${driftPpmMax} out of [0, 500000]`)
     for (const node of options.nodes) {
       this.disks.set(node, new SimDisk(this.kernel, node, options.diskFaults))
       const skew = Math.round((this.kernel.nextFloat() * 2 - 1) * options.clockSkewUsMax)
