@@ -6,6 +6,7 @@ const only = process.argv[2]
 const benches: ReadonlyArray<readonly [string, () => void | Promise<void>]> = [
   ["kernel", benchKernel],
   ["seeds", benchSeeds],
+  ["sim", async () => (await import("./sim.js")).benchSim()],
   ["wal", async () => (await import("./wal.js")).benchWal()],
   ["service", async () => (await import("./service.js")).benchService()]
 ]
