@@ -7,7 +7,11 @@ import { fileURLToPath } from "node:url"
  * scratch copy with a planted bug applied and built) and prints one JSON line (a `Hunt`).
  * Seeds run through `sk sim sweep` in worker threads, in batches that double (4, 8, 16, ...)
  * so a quick catch costs few seeds and a long hunt few process starts; the first failure is
- * the lowest failing seed of the first batch that has one. Usage: hunt <scenario> <cap> [jobs].
+ * the lowest failing seed of the first batch that has one. A bug whose only symptom is that
+ * something stops happening (a liveness bug the checker cannot time) names marks it should
+ * suppress: if the cap passes with none of them reached in any batch, the sweep's coverage
+ * judgement catches it (as `sk sim sweep` does from 100 runs: exit 5). Usage:
+ * hunt <scenario> <cap> [jobs] [mark,mark...].
  */
 export interface Hunt {
   readonly scenario: string
@@ -18,12 +22,15 @@ export interface Hunt {
   readonly violation: string | null
   /** The violated invariant: the message before its first ':' (or "nondeterminism", "threw"). */
   readonly invariant: string | null
+  /** Marks the scenario expects that no batch reached (the sweeps' missedMarks, intersected). */
+  readonly missedMarks: ReadonlyArray<string>
 }
 
 /** What the sweep's `--json` summary holds that a hunt reads. */
 interface SweepJson {
   readonly runs: number
   readonly failures: ReadonlyArray<{ readonly seed: number; readonly kind: string; readonly detail: string }>
+  readonly missedMarks: ReadonlyArray<string>
 }
 
 const FIRST_BATCH_SEEDS = 4
@@ -44,14 +51,15 @@ function violationOf(detail: string): string {
 function parseSweep(stdout: string): SweepJson {
   const line = stdout.trim().split("\n").pop() ?? ""
   const parsed: unknown = JSON.parse(line)
-  if (typeof parsed !== "object" || parsed === null || !("failures" in parsed) || !("runs" in parsed)) {
+  if (typeof parsed !== "object" || parsed === null || !("failures" in parsed) || !("runs" in parsed) || !("missedMarks" in parsed)) {
     throw new Error(`hunt: not a sweep summary: ${line.slice(0, 200)}`)
   }
   return parsed as SweepJson
 }
 
-export function hunt(root: string, scenario: string, cap: number, jobs: number): Hunt {
+export function hunt(root: string, scenario: string, cap: number, jobs: number, suppressedMarks: ReadonlyArray<string> = []): Hunt {
   const startedMs = Date.now()
+  let missed: ReadonlyArray<string> | undefined
   let start = 0
   let batch = FIRST_BATCH_SEEDS
   while (start < cap) {
@@ -64,6 +72,7 @@ export function hunt(root: string, scenario: string, cap: number, jobs: number):
     // Exit codes 2..5 are verdicts (safety, nondeterminism, liveness, coverage); 1 is a usage error.
     if (run.status === 1 || run.status === null) throw new Error(`hunt: sweep failed (${run.status ?? run.signal}): ${run.stderr.slice(-2000)}`)
     const summary = parseSweep(run.stdout)
+    missed = missed === undefined ? summary.missedMarks : missed.filter((mark) => summary.missedMarks.includes(mark))
     const first = [...summary.failures].sort((a, b) => a.seed - b.seed)[0]
     if (first !== undefined) {
       return {
@@ -72,18 +81,27 @@ export function hunt(root: string, scenario: string, cap: number, jobs: number):
         firstFailingSeed: first.seed,
         seconds: (Date.now() - startedMs) / 1000,
         violation: violationOf(first.detail),
-        invariant: invariantOf(first.kind, first.detail)
+        invariant: invariantOf(first.kind, first.detail),
+        missedMarks: missed
       }
     }
     start += seeds
     batch *= 2
   }
-  return { scenario, seedsRun: start, firstFailingSeed: null, seconds: (Date.now() - startedMs) / 1000, violation: null, invariant: null }
+  const seconds = (Date.now() - startedMs) / 1000
+  const missedMarks = missed ?? []
+  const suppressed = suppressedMarks.filter((mark) => missedMarks.includes(mark))
+  if (suppressed.length > 0) {
+    // Caught by coverage: the whole hunt counts as the failing sweep, its last seed as the first failure.
+    const violation = `coverage: ${suppressed.join(", ")} never reached in ${start} seeds`
+    return { scenario, seedsRun: start, firstFailingSeed: start - 1, seconds, violation, invariant: "coverage", missedMarks }
+  }
+  return { scenario, seedsRun: start, firstFailingSeed: null, seconds, violation: null, invariant: null, missedMarks }
 }
 
 const invokedDirectly = process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)
 if (invokedDirectly) {
-  const [scenario, capText, jobsText] = process.argv.slice(2)
+  const [scenario, capText, jobsText, marksText] = process.argv.slice(2)
   const cap = Number(capText ?? "100")
   const jobs = Number(jobsText ?? "2")
   if (scenario === undefined || !Number.isSafeInteger(cap) || cap <= 0 || !Number.isSafeInteger(jobs) || jobs <= 0) {
@@ -91,5 +109,6 @@ if (invokedDirectly) {
     process.exit(1)
   }
   const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
-  process.stdout.write(`${JSON.stringify(hunt(root, scenario, cap, jobs))}\n`)
+  const marks = marksText === undefined || marksText === "" ? [] : marksText.split(",")
+  process.stdout.write(`${JSON.stringify(hunt(root, scenario, cap, jobs, marks))}\n`)
 }

@@ -26,9 +26,10 @@ interface Outcome {
   readonly problem: string | undefined
 }
 
-export function parseHeader(text: string): { readonly scenario: string; readonly seeds: number } | undefined {
-  const header = /^# scenario: (\S+) seeds: (\d+)/.exec(text)
-  return header === null ? undefined : { scenario: header[1]!, seeds: Number(header[2]!) }
+/** `# scenario: NAME seeds: N [marks: a,b]`: marks the bug should suppress (see hunt.ts). */
+export function parseHeader(text: string): { readonly scenario: string; readonly seeds: number; readonly marks: ReadonlyArray<string> } | undefined {
+  const header = /^# scenario: (\S+) seeds: (\d+)(?: marks: (\S+))?[ \t]*$/m.exec(text.split("\n")[0] ?? "")
+  return header === null ? undefined : { scenario: header[1]!, seeds: Number(header[2]!), marks: header[3] === undefined ? [] : header[3].split(",") }
 }
 
 export function median(values: ReadonlyArray<number>): number | undefined {
@@ -46,12 +47,12 @@ function huntOne(name: string, jobs: number): Outcome {
   try {
     copyTree(ROOT, scratch)
     fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(scratch, "node_modules"))
-    const patched = spawnSync("patch", ["-p1", "--quiet", "--forward", "-i", patchPath], { cwd: scratch, encoding: "utf8" })
+    const patched = spawnSync("patch", ["-p1", "--quiet", "--forward", "--fuzz=0", "-i", patchPath], { cwd: scratch, encoding: "utf8" })
     if (patched.status !== 0) return { name, hunt: undefined, problem: `patch does not apply: ${patched.stdout}${patched.stderr}`.trim() }
     // A patch that breaks type checking still emits JavaScript; the simulator judges it.
     const built = spawnSync(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: scratch, encoding: "utf8" })
     if (built.status !== 0) process.stdout.write(`note: ${name} does not type-check in the scratch copy:\n${built.stdout}`)
-    const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header.scenario, String(header.seeds), String(jobs)], {
+    const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header.scenario, String(header.seeds), String(jobs), header.marks.join(",")], {
       cwd: scratch,
       encoding: "utf8",
       maxBuffer: 64 * 1024 * 1024
@@ -79,7 +80,8 @@ function main(): number {
     if (hunt === undefined) {
       process.stdout.write(`BROKEN  ${name}: ${outcome.problem ?? "?"}\n`)
     } else if (hunt.firstFailingSeed === null) {
-      process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)\n`)
+      const missed = hunt.missedMarks.length === 0 ? "" : `; marks never reached: ${hunt.missedMarks.join(", ")}`
+      process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)${missed}\n`)
     } else {
       process.stdout.write(`caught  ${name}: ${hunt.scenario} failed at seed ${hunt.firstFailingSeed} (${hunt.seedsRun} seeds, ${hunt.seconds.toFixed(1)} s): ${hunt.violation ?? ""}\n`)
     }
