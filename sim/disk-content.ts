@@ -27,6 +27,13 @@ export class PagedContent {
   read(offsetBytes: number, length: number): Uint8Array {
     const endBytes = Math.min(this.sizeBytes, offsetBytes + length)
     if (endBytes <= offsetBytes) return new Uint8Array(0)
+    // Within one page (most reads): one copying slice, not a zeroed allocation and then a set.
+    const firstPage = Math.floor(offsetBytes / PAGE_SIZE_BYTES)
+    if (Math.floor((endBytes - 1) / PAGE_SIZE_BYTES) === firstPage) {
+      const page = this.pages[firstPage]
+      const inPage = offsetBytes - firstPage * PAGE_SIZE_BYTES
+      return page === undefined ? new Uint8Array(endBytes - offsetBytes) : page.slice(inPage, inPage + endBytes - offsetBytes)
+    }
     const result = new Uint8Array(endBytes - offsetBytes)
     for (let position = offsetBytes; position < endBytes;) {
       const pageNo = Math.floor(position / PAGE_SIZE_BYTES)
