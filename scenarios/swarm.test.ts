@@ -5,6 +5,7 @@
 // Method: run pinned seeds in-process; compare a seed run twice.
 import { describe, expect, test } from "vitest"
 import { makeIncidentScenarios } from "./incidents.js"
+import { runService } from "./service.js"
 import { makeSwarmScenario, swarmPlan } from "./swarm.js"
 
 const swarm = makeSwarmScenario()
@@ -14,7 +15,8 @@ const REGRESSIONS: ReadonlyArray<readonly [string, number, string, string]> = [
   // Seen first as swarm seeds 33 and 79 (which no longer reach it as the simulator changed).
   ["incident-11605-enospc-stuck", 0, "an EIO on an fsync fenced the timeline (AcceptorError or WalStorageError Stopped) in a running process forever: now the safekeeper fails-stop and is rebooted", "fail-stop-after-disk-error"],
   ["incident-11605-enospc-stuck", 1, "as seed 0, on another plan", "fail-stop-after-disk-error"],
-  ["swarm", 47, "a disk wiped before the control plane created the timeline there was counted as having lost WAL", "disk-loss-survived"],
+  ["incident-11605-enospc-stuck", 2, "an fsync error while loading a timeline kept it Broken in a running process forever: now the load fails the node (fail-stop)", "fail-stop-after-disk-error"],
+  ["swarm", 36, "a vote granted before a disk loss, still in flight when the disk was wiped, was counted as a vote after the loss", "disk-loss-survived"],
   ["incident-9685-truncate-then-crash", 0, "a proposer elected late in a lower term than one that had committed was reported as truncating committed WAL", "re-election"]
 ]
 
@@ -26,6 +28,14 @@ describe("swarm", () => {
     expect(result.marks).toContain(mark)
     expect(result.violations).toEqual([])
     expect(result.nondeterminism).toEqual([])
+    expect(result.work["committedBytes"]).toBeGreaterThan(0)
+  })
+
+  test("a disk wiped before the control plane created the timeline there held no WAL: not a vote after disk loss (once swarm seed 47)", () => {
+    const plan = { ...swarmPlan(0), actions: [{ kind: "wipe" as const, atUs: 500, pick: 0, restartAfterUs: 20_000 }], computeCount: 1, pageserver: false }
+    const result = runService("swarm", 0, plan, { recordTrace: false })
+    expect(result.violations).toEqual([])
+    expect(result.marks).toContain("disk-loss-survived")
     expect(result.work["committedBytes"]).toBeGreaterThan(0)
   })
 

@@ -69,9 +69,18 @@ export function swarmPlan(seed: number): ServicePlan {
     syncFirst: swarm.float() < 2 / 3,
     segmentSizeBytes: 1024 * 1024,
     pageserver,
-    clockDriftPpmMax: swarm.pick("clock-drift", 200, 20_000)
+    clockDriftPpmMax: swarm.pick("clock-drift", 200, 20_000),
+    diskFaults: {
+      // Any subset of a directory's unsynced creates, renames and unlinks survives a crash.
+      metadataCrashModel: swarm.float() < 0.3 ? "any-subset" : "prefix",
+      // Linux: a failed fsync's pages stay readable until the machine goes down (the swarm
+      // reboots a safekeeper that fail-stopped, so the lost pages are gone when it restarts).
+      lostPages: swarm.float() < 0.5 ? "readable-until-crash" : "evicted"
+    }
   }
   swarm.note("sync-first", String(plan.syncFirst))
+  swarm.note("metadata-crash", plan.diskFaults?.metadataCrashModel ?? "prefix")
+  swarm.note("lost-pages", plan.diskFaults?.lostPages ?? "evicted")
   return { ...plan, config: swarm.describe() }
 }
 

@@ -50,7 +50,8 @@ export class ServiceChecker {
   private readonly electedSentTerm = new Map<string, number>()
   private readonly acked = new Map<string, { readonly term: number; readonly flushLsn: number }>()
   private readonly commitByTerm = new Map<number, number>()
-  private readonly wiped = new Set<string>()
+  /** Safekeepers that lost their disk, with when: replies on connections opened before came from the old life. */
+  private readonly wiped = new Map<string, number>()
   private readonly consumed: Array<{ readonly who: string; readonly lsn: number; readonly bytes: Uint8Array }> = []
   private readonly committed = new PagedContent()
   readonly marks = new Set<string>()
@@ -101,7 +102,7 @@ export class ServiceChecker {
   }
 
   markWiped(node: string): void {
-    this.wiped.add(this.addressOf(node))
+    this.wiped.set(this.addressOf(node), this.nowUs)
     this.acked.delete(this.addressOf(node))
   }
 
@@ -189,7 +190,7 @@ export class ServiceChecker {
           return
       }
     }
-    const received = (address: string, message: AcceptorMessage) => {
+    const received = (address: string, message: AcceptorMessage, openedUs: number) => {
       if (!life.alive) return
       const node = self.nodeOf(address)
       self.message(node, compute, message._tag, "term" in message ? `term ${message.term}` : undefined, "received")
@@ -197,7 +198,8 @@ export class ServiceChecker {
         voteFlush.set(address, message.flushLsn)
         if (message.voteGiven) {
           self.grantedTerm.set(address, Math.max(self.grantedTerm.get(address) ?? 0, message.term))
-          if (self.wiped.has(address)) self.violation("no-vote-after-disk-loss", node, message.term, message.flushLsn, "granted a vote for a timeline whose disk it lost")
+          const wipedUs = self.wiped.get(address)
+          if (wipedUs !== undefined && openedUs > wipedUs) self.violation("no-vote-after-disk-loss", node, message.term, message.flushLsn, "granted a vote for a timeline whose disk it lost")
         } else {
           self.votesRefused++
           self.marks.add("vote-refused")
@@ -227,12 +229,15 @@ export class ServiceChecker {
       yield* Effect.addFinalizer(() => Effect.sync(stepDown))
       return SafekeeperTransport.of({
         open: (address, options) =>
-          Effect.map(inner.open(address, { ...options, allowTimelineCreation }), (link): SafekeeperLink => ({
-            address: link.address,
-            send: (message) => Effect.andThen(Effect.sync(() => sent(address, message)), link.send(message)),
-            receive: Effect.tap(link.receive, (message) => Effect.sync(() => received(address, message))),
-            close: link.close
-          })),
+          Effect.suspend(() => {
+            const openedUs = self.nowUs
+            return Effect.map(inner.open(address, { ...options, allowTimelineCreation }), (link): SafekeeperLink => ({
+              address: link.address,
+              send: (message) => Effect.andThen(Effect.sync(() => sent(address, message)), link.send(message)),
+              receive: Effect.tap(link.receive, (message) => Effect.sync(() => received(address, message, openedUs))),
+              close: link.close
+            }))
+          }),
         streamWal: (address, options) => inner.streamWal(address, options)
       })
     }))

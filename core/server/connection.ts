@@ -423,7 +423,7 @@ function isStartupPacket(message: StartupPacket | FrontendMessage): message is S
   return message._tag === "StartupMessage" || message._tag === "SslRequest" || message._tag === "GssEncRequest" || message._tag === "CancelRequest"
 }
 
-function describeError(error: unknown): string {
+export function describeError(error: unknown): string {
   if (typeof error === "object" && error !== null) {
     const tag = "_tag" in error ? String((error as { _tag: unknown })._tag) : "Error"
     const reason = "reason" in error ? ` ${String((error as { reason: unknown }).reason)}` : ""

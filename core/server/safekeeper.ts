@@ -3,8 +3,8 @@ import type { NodeId } from "../acceptor/state.js"
 import { Disk, type DiskError, joinPath, parentPath } from "../io/disk.js"
 import { type Log, logError, logInfo, logWarn } from "../io/log.js"
 import { Net, type NetError } from "../io/net.js"
-import { NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
-import { handleConnection } from "./connection.js"
+import { isIoFailure, NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
+import { describeError, handleConnection } from "./connection.js"
 
 /**
  * A safekeeper node: its data directory, its timelines and its Postgres-protocol listener
@@ -50,7 +50,9 @@ export const runSafekeeper = <E = never, R = never>(
 ) =>
   Effect.gen(function* () {
     yield* checkNodeId(config)
-    const registry = yield* TimelineRegistry.load({ datadir: config.datadir, nodeId: config.nodeId, noSync: config.noSync })
+    const registry = yield* TimelineRegistry.load({ datadir: config.datadir, nodeId: config.nodeId, noSync: config.noSync }).pipe(
+      Effect.catchIf(isIoFailure, (error) => Effect.fail(new SafekeeperFatalError({ message: `loading timelines: ${describeError(error)}` })))
+    )
     const net = yield* Net
     const listener = yield* Effect.acquireRelease(net.listen(config.listenPg), (l) => l.close)
     yield* logInfo("safekeeper listening", { id: config.nodeId, listen_pg: listener.address, timelines: registry.list().length })

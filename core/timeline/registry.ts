@@ -44,6 +44,11 @@ export class TimelineError extends Schema.TaggedError<TimelineError>()("Timeline
 /** Whatever opening or creating a timeline can fail with. */
 export type TimelineOpenFailure = TimelineError | ControlFileError | DiskError | WalStorageError
 
+/** A disk that failed a read, write or fsync, as opposed to content that is wrong. */
+export function isIoFailure(error: TimelineOpenFailure): error is DiskError | WalStorageError {
+  return error._tag === "DiskError" || (error._tag === "WalStorageError" && error.reason === "Stopped")
+}
+
 export const TEMP_DIRECTORY_NAME = "tmp"
 export const TEMP_TIMELINE_SUFFIX = "_temptli"
 export const NODE_ID_FILE_NAME = "safekeeper.id"
@@ -76,6 +81,9 @@ export class TimelineRegistry {
           if (timeline.kind !== "directory" || !isCanonicalHexId(timeline.name)) continue
           const key = { tenantId: TenantId(tenant.name), timelineId: TimelineId(timeline.name) }
           const loaded = yield* Effect.result(registry.open(key))
+          // An I/O error is not a broken timeline: the node stops and loads it again after a
+          // restart (what the page cache held after a failed fsync must not be trusted now).
+          if (Result.isFailure(loaded) && isIoFailure(loaded.failure)) return yield* Effect.fail(loaded.failure)
           if (Result.isFailure(loaded)) {
             const problem = describe(loaded.failure)
             registry.broken.set(timelineKeyText(key), problem)
