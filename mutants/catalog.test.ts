@@ -101,8 +101,8 @@ describe("hunt and run helpers", () => {
     expect(median([5, 1, 3])).toBe(3)
     expect(median([4, 1, 3, 10])).toBe(3.5)
     const text = table([
-      { name: "a.patch", hunt: { scenario: "swarm", seedsRun: 3, firstFailingSeed: 2, seconds: 1.25, violation: "x", invariant: "ack-after-fsync", missedMarks: [] }, problem: undefined },
-      { name: "bb.patch", hunt: { scenario: "swarm", seedsRun: 50, firstFailingSeed: null, seconds: 9, violation: null, invariant: null, missedMarks: ["torn-write"] }, problem: undefined }
+      { name: "a.patch", hunt: { scenario: "swarm", seedsRun: 3, firstFailingSeed: 2, seconds: 1.25, violation: "x", invariant: "ack-after-fsync", baselineFailures: [], missedMarks: [] }, problem: undefined },
+      { name: "bb.patch", hunt: { scenario: "swarm", seedsRun: 50, firstFailingSeed: null, seconds: 9, violation: null, invariant: null, baselineFailures: [4], missedMarks: ["torn-write"] }, problem: undefined }
     ])
     expect(text.split("\n")[1]).toBe("a       yes      3      ack-after-fsync  1.3")
     expect(text.split("\n")[2]).toBe("bb      ESCAPED  50     -                9.0")

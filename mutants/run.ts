@@ -39,20 +39,30 @@ export function median(values: ReadonlyArray<number>): number | undefined {
   return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
 }
 
-function huntOne(name: string, jobs: number): Outcome {
+/** A copy of the tree (node_modules linked) in a new scratch directory. */
+function scratchCopy(): string {
+  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "sk-mutant-"))
+  copyTree(ROOT, scratch)
+  fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(scratch, "node_modules"))
+  return scratch
+}
+
+function build(scratch: string): ReturnType<typeof spawnSync> {
+  return spawnSync(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: scratch, encoding: "utf8" })
+}
+
+function huntOne(name: string, jobs: number, baseline: string): Outcome {
   const patchPath = path.join(MUTANTS_DIR, name)
   const header = parseHeader(fs.readFileSync(patchPath, "utf8"))
   if (header === undefined) return { name, hunt: undefined, problem: `first line must be "# scenario: NAME seeds: N"` }
-  const scratch = fs.mkdtempSync(path.join(os.tmpdir(), "sk-mutant-"))
+  const scratch = scratchCopy()
   try {
-    copyTree(ROOT, scratch)
-    fs.symlinkSync(path.join(ROOT, "node_modules"), path.join(scratch, "node_modules"))
     const patched = spawnSync("patch", ["-p1", "--quiet", "--forward", "--fuzz=0", "-i", patchPath], { cwd: scratch, encoding: "utf8" })
     if (patched.status !== 0) return { name, hunt: undefined, problem: `patch does not apply: ${patched.stdout}${patched.stderr}`.trim() }
     // A patch that breaks type checking still emits JavaScript; the simulator judges it.
-    const built = spawnSync(process.execPath, [path.join(ROOT, "node_modules", "typescript", "bin", "tsc"), "-p", "tsconfig.json"], { cwd: scratch, encoding: "utf8" })
-    if (built.status !== 0) process.stdout.write(`note: ${name} does not type-check in the scratch copy:\n${built.stdout}`)
-    const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header.scenario, String(header.seeds), String(jobs), header.marks.join(",")], {
+    const built = build(scratch)
+    if (built.status !== 0) process.stdout.write(`note: ${name} does not type-check in the scratch copy:\n${String(built.stdout)}`)
+    const output = execFileSync(process.execPath, [path.join(scratch, "dist", "mutants", "hunt.js"), header.scenario, String(header.seeds), String(jobs), header.marks.join(","), baseline], {
       cwd: scratch,
       encoding: "utf8",
       maxBuffer: 64 * 1024 * 1024
@@ -72,24 +82,35 @@ function main(): number {
     process.stderr.write(`no mutant matches ${only ?? "(none)"}\n`)
     return 1
   }
+  // The tree others edit may fail seeds by itself: a mutant's failing seed must pass here.
+  const baseline = scratchCopy()
   const outcomes: Outcome[] = []
-  for (const name of patches) {
-    const outcome = huntOne(name, jobs)
-    outcomes.push(outcome)
-    const hunt = outcome.hunt
-    if (hunt === undefined) {
-      process.stdout.write(`BROKEN  ${name}: ${outcome.problem ?? "?"}\n`)
-    } else if (hunt.firstFailingSeed === null) {
-      const missed = hunt.missedMarks.length === 0 ? "" : `; marks never reached: ${hunt.missedMarks.join(", ")}`
-      process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)${missed}\n`)
-    } else {
-      process.stdout.write(`caught  ${name}: ${hunt.scenario} failed at seed ${hunt.firstFailingSeed} (${hunt.seedsRun} seeds, ${hunt.seconds.toFixed(1)} s): ${hunt.violation ?? ""}\n`)
-    }
+  try {
+    const built = build(baseline)
+    if (built.status !== 0) process.stdout.write(`note: the baseline does not type-check:\n${String(built.stdout)}`)
+    for (const name of patches) outcomes.push(report(name, huntOne(name, jobs, baseline)))
+  } finally {
+    fs.rmSync(baseline, { recursive: true, force: true })
   }
   process.stdout.write(`\n${table(outcomes)}`)
   const caught = outcomes.flatMap((o) => (o.hunt !== undefined && o.hunt.firstFailingSeed !== null ? [o.hunt.seedsRun] : []))
   process.stdout.write(`caught ${caught.length}/${outcomes.length}; median seeds to catch: ${median(caught) ?? "-"}\n`)
   return caught.length === outcomes.length ? 0 : 1
+}
+
+/** Prints one mutant's line as soon as its hunt ends. */
+function report(name: string, outcome: Outcome): Outcome {
+  const hunt = outcome.hunt
+  const skipped = hunt === undefined || hunt.baselineFailures.length === 0 ? "" : ` [seeds failing without the patch too, skipped: ${hunt.baselineFailures.join(", ")}]`
+  if (hunt === undefined) {
+    process.stdout.write(`BROKEN  ${name}: ${outcome.problem ?? "?"}\n`)
+  } else if (hunt.firstFailingSeed === null) {
+    const missed = hunt.missedMarks.length === 0 ? "" : `; marks never reached: ${hunt.missedMarks.join(", ")}`
+    process.stdout.write(`ESCAPED ${name}: ${hunt.scenario} passed ${hunt.seedsRun} seeds (${hunt.seconds.toFixed(1)} s)${missed}${skipped}\n`)
+  } else {
+    process.stdout.write(`caught  ${name}: ${hunt.scenario} failed at seed ${hunt.firstFailingSeed} (${hunt.seedsRun} seeds, ${hunt.seconds.toFixed(1)} s): ${hunt.violation ?? ""}${skipped}\n`)
+  }
+  return outcome
 }
 
 /** A plain-text table: mutant, caught?, seeds to the first failure, invariant, seconds. */
