@@ -108,13 +108,14 @@ export class PagedContent {
   }
 }
 
-/** True when every byte is zero (checked a word at a time where alignment allows). */
+/** True when every byte is zero (checked 8 bytes a step, at any alignment). */
 export function isAllZero(data: Uint8Array): boolean {
   let i = 0
-  if (data.byteOffset % 4 === 0 && data.length >= 64) {
-    const words = new Uint32Array(data.buffer, data.byteOffset, data.length >>> 2)
-    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false
-    i = words.length << 2
+  if (data.length >= 64) {
+    // A DataView reads any alignment: writes from nodes are subarrays at arbitrary offsets,
+    // which a Uint32Array view refused (the byte loop then ran over the whole write).
+    const view = new DataView(data.buffer, data.byteOffset, data.length)
+    for (; i + 8 <= data.length; i += 8) if ((view.getInt32(i, true) | view.getInt32(i + 4, true)) !== 0) return false
   }
   for (; i < data.length; i++) if (data[i] !== 0) return false
   return true
