@@ -88,6 +88,8 @@ describe("hunt and run helpers", () => {
     expect(invariantOf("violation", "liveness failure: swarm seed 3: service at 99 µs: liveness: consumer behind")).toBe("liveness")
     expect(invariantOf("nondeterminism", "swarm seed 3: hash a in worker 0, b when re-run in worker 1")).toBe("nondeterminism")
     expect(invariantOf("violation", "swarm seed 3: the run threw Error: x")).toBe("threw")
+    expect(invariantOf("violation", "acceptor-storage seed 6: sk1 at 78 µs: recovered WAL differs from what was streamed at LSN 1648640; sk1 at 99 µs: x"))
+      .toBe("recovered WAL differs from what was streamed")
   })
 
   it("reads a header's optional marks", () => {

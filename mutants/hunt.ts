@@ -44,7 +44,8 @@ export function invariantOf(kind: string, detail: string): string {
   if (kind === "nondeterminism") return "nondeterminism"
   if (/: the run threw /.test(detail)) return "threw"
   const match = /seed \d+: .*? at -?\d+ µs: ([^:;]+)/.exec(detail)
-  return match === null ? detail.split(":")[0]!.trim() : match[1]!.trim()
+  // Scenarios older than the swarm name no invariant: their message, without its LSN, is one.
+  return (match === null ? detail.split(":")[0]! : match[1]!).replace(/ at LSN \d+\s*$/, "").trim()
 }
 
 /** The violation text without the "<scenario> seed N: " prefix (and a liveness prefix kept). */
