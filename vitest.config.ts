@@ -12,7 +12,7 @@ export default defineConfig({
       {
         test: {
           name: "unit",
-          include: ["{core,live,sim,scenarios,cli,reports}/**/*.test.ts"],
+          include: ["{core,live,sim,scenarios,cli,reports,mutants}/**/*.test.ts"],
           exclude: ["**/*.slow.test.ts", "node_modules/**", "dist/**"],
           testTimeout: 60_000,
           setupFiles

@@ -12,8 +12,7 @@ import { median, parseHeader, table } from "./run.js"
  * The catalog's shape, without hunting (that is `npm run mutants`): at least 12 patches, each
  * with a header naming a registered scenario, a comment saying the bug, touching only core/ or
  * the pageserver model, and applying to the tree as it is now (a refactor that moves a mutated
- * line breaks the patch, and this test says which). The unit project's include does not cover
- * mutants/, so run it with `npx vitest run --config mutants/vitest.config.ts`.
+ * line breaks the patch, and this test says which).
  */
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const MUTANTS_DIR = path.join(ROOT, "mutants")

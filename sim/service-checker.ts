@@ -46,6 +46,7 @@ export class ServiceChecker {
   private readonly flushByTerm = new Map<number, Map<string, number>>()
   private readonly grantedTerm = new Map<string, number>()
   private readonly durableTerm = new Map<string, number>()
+  private readonly durableCommit = new Map<string, number>()
   /** The term of the last ProposerElected sent to each safekeeper, and what it then acknowledged. */
   private readonly electedSentTerm = new Map<string, number>()
   private readonly acked = new Map<string, { readonly term: number; readonly flushLsn: number }>()
@@ -326,6 +327,10 @@ export class ServiceChecker {
   consumerReceived(who: string, lsn: number, bytes: Uint8Array): void {
     if (bytes.byteLength === 0) return
     this.consumedBytes += bytes.byteLength
+    // Every commit_lsn a safekeeper knows came from a proposer, through this checker first.
+    if (lsn + bytes.byteLength > this.maxCommitLsn) {
+      this.violation("consumer-wal-stable", who, undefined, this.maxCommitLsn, `a consumer received WAL up to ${formatLsn(lsn + bytes.byteLength)}, past every commit_lsn sent`)
+    }
     this.consumed.push({ who, lsn, bytes: bytes.slice() })
     this.checkConsumedUpTo(this.maxCommitLsn)
   }
@@ -363,6 +368,12 @@ export class ServiceChecker {
     const before = this.durableTerm.get(address) ?? 0
     if (term < before) this.violation("durable-vote", node, term, undefined, `durable term went back from ${before}`)
     this.durableTerm.set(address, Math.max(before, term))
+    // The persisted commit_lsn never goes back (a restart must not lose what it had persisted).
+    const commitBefore = this.durableCommit.get(address) ?? 0
+    if (!this.wiped.has(address) && state.commitLsn < commitBefore) {
+      this.violation("commit-monotonic", node, term, state.commitLsn, `persisted commit_lsn went back from ${formatLsn(commitBefore)}`)
+    }
+    this.durableCommit.set(address, Math.max(commitBefore, state.commitLsn))
     const acked = this.acked.get(address)
     const history = acked === undefined ? undefined : this.historyByTerm.get(acked.term)
     if (acked !== undefined && history !== undefined) {
