@@ -4,7 +4,7 @@ import type { Disk } from "../core/io/disk.js"
 import { Log, type LogFields, type LogLevel } from "../core/io/log.js"
 import type { Net } from "../core/io/net.js"
 import { defaultInitialLsn, PG_VERSION_NUM_DEFAULT } from "../core/proposer/machine.js"
-import { runSafekeeper } from "../core/server/safekeeper.js"
+import { runSafekeeper, SafekeeperFatalError } from "../core/server/safekeeper.js"
 import { formatLsn } from "../core/wal/lsn.js"
 import { computeProgram, type ComputeOptions } from "../sim/compute.js"
 import { NO_DISK_FAULTS, type DiskFaults } from "../sim/disk.js"
@@ -65,6 +65,12 @@ export interface ServicePlan {
   readonly pageserver?: boolean
   /** Each node's clock runs up to this many ppm fast or slow (timers and sleeps too). */
   readonly clockDriftPpmMax?: number
+  /** A delivered chunk breaks its connection with this probability (fault phase only). */
+  readonly breakProbabilityPerChunk?: number
+  /** Chunks now and then take a long-tail delay (fault phase only). */
+  readonly chunkDelayTail?: { readonly probability: number; readonly delayUs: readonly [number, number] }
+  /** One safekeeper's disk holds only this much until the liveness phase (the operator then grows it). */
+  readonly capacityLimit?: { readonly pick: number; readonly capacityBytes: number }
 }
 
 export const TENANT = TenantId("0123456789abcdef0123456789abcdef")
@@ -110,7 +116,14 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
     fsyncLatencyUs: plan.fsyncLatencyUs,
     ...plan.diskFaults
   }
-  const netFaults: NetFaults = { ...DEFAULT_NET_FAULTS, chunkDelayUs: plan.chunkDelayUs, connectTimeoutUs: 500_000, partitionBreakAfterUs: 1_000_000 }
+  const netFaults: NetFaults = {
+    ...DEFAULT_NET_FAULTS,
+    chunkDelayUs: plan.chunkDelayUs,
+    connectTimeoutUs: 500_000,
+    partitionBreakAfterUs: 1_000_000,
+    breakProbabilityPerChunk: plan.breakProbabilityPerChunk ?? 0,
+    ...(plan.chunkDelayTail !== undefined ? { chunkDelayTailProbability: plan.chunkDelayTail.probability, chunkDelayTailUs: plan.chunkDelayTail.delayUs } : {})
+  }
 
   const computeOptions: ComputeOptions = {
     tenantId: TENANT,
@@ -271,6 +284,11 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   }
 
   for (const action of plan.actions) kernel.setTimer(action.atUs, () => execute(action), undefined)
+  if (plan.capacityLimit !== undefined) {
+    const node = pickOf(safekeepers, plan.capacityLimit.pick)!
+    fault("capacity-limit", [node], `${plan.capacityLimit.capacityBytes} bytes`)
+    world.disk(node).setFaults({ ...diskFaults, capacityBytes: plan.capacityLimit.capacityBytes })
+  }
   for (const node of safekeepers) world.start(node)
   // The first compute starts with the run; others as the plan says.
   startedComputes.add(computes[0]!)
@@ -282,6 +300,7 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   world.faultsEnabled = false
   fault("liveness-phase", [])
   world.net.healAll()
+  world.net.stopChunkFaults()
   for (const node of safekeepers) {
     world.disk(node).setFaults(diskFaults)
     if (!world.isUp(node)) world.start(node)
@@ -319,6 +338,7 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   if (disks.some((s) => s.tornWrites > 0)) marks.add("torn-write")
   if (disks.some((s) => s.injectedErrors > 0)) marks.add("disk-error-injected")
   if (world.stats.pauses > 0) marks.add("node-paused")
+  if (plan.capacityLimit !== undefined && world.disk(pickOf(safekeepers, plan.capacityLimit.pick)!).stats.injectedErrors > 0 && world.violations.length === 0) marks.add("disk-full-survived")
   if (checker.consumedBytes > 0) marks.add("consumer-received-wal")
   world.dispose()
   const result = resultOf(world, {
@@ -366,7 +386,11 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
         : Effect.gen(function* () {
           // The control plane creates the timeline once on every member (Neon's storage
           // controller does this over HTTP); a crash before it is durable means it tries again.
-          yield* Effect.orDie(registry.getOrCreate({ tenantId: TENANT, timelineId: TIMELINE }, { pgVersion: PG_VERSION_NUM_DEFAULT, systemId: SYSTEM_ID, walSegSizeBytes: plan.segmentSizeBytes }, true))
+          // A failed creation (a disk error) is the control plane's failed call: the node is
+          // rebooted below, as after any fatal disk failure, and the control plane tries again.
+          yield* registry.getOrCreate({ tenantId: TENANT, timelineId: TIMELINE }, { pgVersion: PG_VERSION_NUM_DEFAULT, systemId: SYSTEM_ID, walSegSizeBytes: plan.segmentSizeBytes }, true).pipe(
+            Effect.mapError((error) => new SafekeeperFatalError({ message: `timeline creation failed: ${error.message}` }))
+          )
           createdOn.add(node)
         })))
     // A fatal disk failure stops the process (fail-stop); the operator then reboots the

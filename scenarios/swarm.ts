@@ -70,6 +70,10 @@ export function swarmPlan(seed: number): ServicePlan {
     segmentSizeBytes: 1024 * 1024,
     pageserver,
     clockDriftPpmMax: swarm.pick("clock-drift", 200, 20_000),
+    breakProbabilityPerChunk: swarm.pick("chunk-breaks", 0.0005, 0.003),
+    ...(swarm.level("delay-tail") === "off" ? {} : { chunkDelayTail: { probability: 0.01, delayUs: [20_000, 300_000] as const } }),
+    // A disk that fills up partway (a few segments): ENOSPC until the liveness phase grows it.
+    ...(swarm.level("disk-full") === "frequent" ? { capacityLimit: { pick: swarm.float(), capacityBytes: swarm.intBetween(2, 4) * 1024 * 1024 } } : {}),
     diskFaults: {
       // Any subset of a directory's unsynced creates, renames and unlinks survives a crash.
       metadataCrashModel: swarm.float() < 0.3 ? "any-subset" : "prefix",

@@ -113,6 +113,9 @@ export class SimNet {
   private readonly tailDelayUs: readonly [number, number]
   private readonly synRetransmitInitialUs: number
 
+  /** False once a scenario's liveness phase begins: no more per-chunk breaks or tail delays. */
+  private chunkFaultsOn = true
+
   constructor(readonly kernel: Kernel, readonly faults: NetFaults) {
     const [low, high] = faults.chunkDelayUs
     assert(Number.isSafeInteger(low) && Number.isSafeInteger(high) && 0 <= low && low <= high, "chunkDelayUs is an integer range")
@@ -249,6 +252,12 @@ export class SimNet {
     this.kernel.cancel(isolation.breakTimer)
     this.isolated.delete(host)
     this.rearmHeld()
+  }
+
+  /** Stops the per-chunk faults (breaks, long-tail delays) for good: the liveness phase. */
+  stopChunkFaults(): void {
+    this.kernel.log("net", "chunk faults off")
+    this.chunkFaultsOn = false
   }
 
   /** Ends every partition, clog and isolation. */
@@ -678,7 +687,7 @@ export class SimNet {
       }
       switch (chunk.kind) {
         case "data": {
-          if (this.kernel.chance(this.faults.breakProbabilityPerChunk)) {
+          if (this.chunkFaultsOn && this.kernel.chance(this.faults.breakProbabilityPerChunk)) {
             this.resetEndpoint(to, "break")
             this.resetEndpoint(from, "break")
             return
@@ -899,7 +908,7 @@ export class SimNet {
 
   private drawDelayUs(): number {
     // chance() draws nothing at probability 0: without a tail the stream of draws is as before.
-    const [low, high] = this.kernel.chance(this.tailProbability) ? this.tailDelayUs : this.faults.chunkDelayUs
+    const [low, high] = this.chunkFaultsOn && this.kernel.chance(this.tailProbability) ? this.tailDelayUs : this.faults.chunkDelayUs
     return low === high ? low : this.kernel.intBetween(low, high)
   }
 
