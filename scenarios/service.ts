@@ -373,7 +373,8 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
       probeIntervalUs: 300_000,
       feedbackIntervalUs: 200_000,
       hooks: {
-        onWalReceived: ({ startLsn, bytes }) => checker.consumerReceived(PAGESERVER, startLsn, bytes)
+        onWalReceived: ({ startLsn, bytes }) => checker.consumerReceived(PAGESERVER, startLsn, bytes),
+        onPersisted: ({ lsn }) => checker.consumerPersisted(PAGESERVER, lsn)
       }
     })
   }

@@ -47,6 +47,7 @@ export class ServiceChecker {
   private readonly grantedTerm = new Map<string, number>()
   private readonly durableTerm = new Map<string, number>()
   private readonly durableCommit = new Map<string, number>()
+  private readonly consumerPersistedLsn = new Map<string, number>()
   /** The term of the last ProposerElected sent to each safekeeper, and what it then acknowledged. */
   private readonly electedSentTerm = new Map<string, number>()
   private readonly acked = new Map<string, { readonly term: number; readonly flushLsn: number }>()
@@ -321,6 +322,14 @@ export class ServiceChecker {
       lsn = end
     }
     return true
+  }
+
+  /** A consumer made `lsn` durable (remote_consistent_lsn): it never goes back, even across restarts. */
+  consumerPersisted(who: string, lsn: number): void {
+    const before = this.consumerPersistedLsn.get(who) ?? 0
+    if (lsn < before) this.violation("remote-consistent-monotonic", who, undefined, lsn, `remote_consistent_lsn went back from ${formatLsn(before)}`)
+    if (lsn > this.maxCommitLsn) this.violation("consumer-wal-stable", who, undefined, lsn, `persisted WAL up to ${formatLsn(lsn)}, past every commit_lsn sent`)
+    this.consumerPersistedLsn.set(who, Math.max(before, lsn))
   }
 
   /** A consumer (pageserver, replica) received WAL: it must be committed and never change. */
