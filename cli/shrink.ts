@@ -192,7 +192,10 @@ const ServicePlanSchema = Schema.Struct({
   syncFirst: Schema.Boolean,
   segmentSizeBytes: Schema.Number,
   pageserver: Schema.optional(Schema.Boolean),
-  clockDriftPpmMax: Schema.optional(Schema.Number)
+  clockDriftPpmMax: Schema.optional(Schema.Number),
+  breakProbabilityPerChunk: Schema.optional(Schema.Number),
+  chunkDelayTail: Schema.optional(Schema.Struct({ probability: Schema.Number, delayUs: Range })),
+  capacityLimit: Schema.optional(Schema.Struct({ pick: Pick, capacityBytes: Schema.Number }))
 })
 
 const PlanFileSchema = Schema.Struct({

@@ -181,8 +181,16 @@ const SIMPLIFICATIONS: ReadonlyArray<Simplification> = [
   ["shorter fault phase", shorterFaultPhase],
   ["no crashes between I/O operations", (plan) => plan.crashOnOperationProbability > 0 ? [{ ...plan, crashOnOperationProbability: 0 }] : []],
   ["no pageserver", noPageserver],
+  ["no per-chunk faults", (plan) => (plan.breakProbabilityPerChunk ?? 0) > 0 || plan.chunkDelayTail !== undefined ? [{ ...withoutKeys(plan, "chunkDelayTail"), breakProbabilityPerChunk: 0 }] : []],
+  ["no full disk", (plan) => plan.capacityLimit !== undefined ? [withoutKeys(plan, "capacityLimit")] : []],
   ["lower WAL rate", lowerRate]
 ]
+
+function withoutKeys(plan: ServicePlan, key: "chunkDelayTail" | "capacityLimit"): ServicePlan {
+  const copy: { -readonly [K in keyof ServicePlan]: ServicePlan[K] } = { ...plan }
+  delete copy[key]
+  return copy
+}
 
 /** One compute and no start-compute first; else one compute less (its start dropped). */
 function fewerComputes(plan: ServicePlan): ReadonlyArray<ServicePlan> {
