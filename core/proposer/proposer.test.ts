@@ -307,6 +307,54 @@ describe("normal mode", () => {
   })
 })
 
+describe("lifetime", () => {
+  test("run inline in a fiber that lives on (a compute restarting its proposer), nothing of it sends or pulls WAL after it returned", () => {
+    const cluster = new Cluster(6)
+    const life = new Incarnation("compute", 99)
+    let returnedAtUs: number | undefined
+    const sendsAfterReturn: string[] = []
+    const inner = cluster.transport.service
+    // The first proposer's transport, watched: a send after runProposer returned is a leaked fiber.
+    const watched = SafekeeperTransport.of({
+      open: (address, options) => Effect.map(inner.open(address, options), (link) => ({
+        ...link,
+        send: (message) => Effect.andThen(Effect.sync(() => {
+          if (returnedAtUs !== undefined) sendsAfterReturn.push(`${message._tag} to ${address} at ${cluster.kernel.nowUs}`)
+        }), link.send(message))
+      })),
+      streamWal: (address, options) => inner.streamWal(address, options)
+    })
+    const wal = recorded({ rateBytesPerSecond: 1024 * 1024 })
+    // The pump asks its WAL source for more: after the return, a leaked pump would go on asking.
+    const pulledAfterReturn: number[] = []
+    const walSource: WalSourceFactory = (start) => Effect.map(wal.factory(start), (source) => ({
+      ...source,
+      next: Effect.tap(source.next, () => Effect.sync(() => {
+        if (returnedAtUs !== undefined) pulledAfterReturn.push(cluster.kernel.nowUs)
+      }))
+    }))
+    const program = Effect.gen(function* () {
+      yield* Effect.result(runProposer({
+        tenantId: TENANT, timelineId: TIMELINE, safekeepers: ADDRESSES, systemId: TEST_SYSTEM_ID,
+        walSegSizeBytes: SEGMENT_BYTES, pgVersion: PG_VERSION_NUM, quorumTimeoutUs: 5 * SECOND_US, walSource
+      }).pipe(Effect.provideService(SafekeeperTransport, watched)))
+      returnedAtUs = cluster.kernel.nowUs
+      yield* sleepUs(5 * SECOND_US)
+    }).pipe(Effect.provideService(Log, simLog(cluster.kernel, life, "info")))
+    const compute = forkInLife(cluster.kernel, life, program)
+    // A second proposer with a higher term makes the first step down while it streams.
+    let second: Fiber.Fiber<ProposerResult, ProposerError> | undefined
+    cluster.at(SECOND_US, Effect.sync(() => {
+      second = cluster.startProposer({ walSource: recorded({ rateBytesPerSecond: 1024 * 1024 }).factory, totalBytes: 256 * 1024 })
+    }))
+    cluster.kernel.run({ untilUs: SECOND_US + 1 })
+    cluster.runUntilDone(compute, second!)
+    expect(returnedAtUs).toBeDefined()
+    expect(sendsAfterReturn).toEqual([])
+    expect(pulledAfterReturn).toEqual([])
+  })
+})
+
 describe("membership configuration", () => {
   const mconf: MemberConfiguration = {
     generation: Generation(1),

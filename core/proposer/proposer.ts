@@ -99,7 +99,17 @@ type Outcome =
 
 const EMPTY_WAL = new Uint8Array(0)
 
-export const runProposer = Effect.fn("Proposer.run")(function* (
+/**
+ * Runs one walproposer to its end. The body runs in a fiber of its own, tied to a scope that
+ * closes when it ends: its connection, writer, ticker and pump fibers are its children, so they
+ * all stop with it, also when the caller's fiber lives on (a compute restarting its proposer).
+ * Run inline, they outlived it as children of the caller: a writer blocked on a full socket
+ * went on streaming an old term's WAL after the proposer had stepped down (swarm seed 1515).
+ */
+export const runProposer = (options: ProposerOptions): Effect.Effect<ProposerResult, ProposerError, SafekeeperTransport | Log> =>
+  Effect.scoped(Effect.flatMap(Effect.forkScoped(runProposerBody(options)), Fiber.join))
+
+const runProposerBody = Effect.fn("Proposer.run")(function* (
   options: ProposerOptions
 ): Effect.fn.Return<ProposerResult, ProposerError, SafekeeperTransport | Log> {
   const config = resolveConfig(options)
