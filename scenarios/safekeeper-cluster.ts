@@ -15,6 +15,7 @@ import { PagedContent } from "../sim/disk-content.js"
 import { NO_DISK_FAULTS, type DiskFaults } from "../sim/disk.js"
 import type { Incarnation } from "../sim/kernel.js"
 import { DEFAULT_NET_FAULTS } from "../sim/net.js"
+import { ownerOf } from "../sim/service-checker.js"
 import { SwarmConfig } from "../sim/swarm.js"
 import { EFFECT_VERSION } from "../sim/version.js"
 import { World } from "../sim/world.js"
@@ -406,13 +407,6 @@ function onCommit(term: number, commitLsn: number, ledger: Ledger, violation: (w
   }
   ledger.maxCommitLsn = commitLsn
   if (ledger.livenessStarted) ledger.commitsAfterLiveness++
-}
-
-/** The term that wrote `lsn` according to `history`, and where its stretch ends. */
-function ownerOf(history: TermHistory, lsn: number): { readonly term: number; readonly endLsn: number } {
-  let index = 0
-  for (let i = 0; i < history.length; i++) if (history[i]!.lsn <= lsn) index = i
-  return { term: history[index]!.term, endLsn: history[index + 1]?.lsn ?? Number.MAX_SAFE_INTEGER }
 }
 
 /** `bytes` at `startLsn` must equal what the owning terms of `history` sent there. */
