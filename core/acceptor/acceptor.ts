@@ -449,6 +449,12 @@ export interface Acceptor {
   applyPeerInfo(peer: PeerInfo): Effect.Effect<void, AcceptorFailure, Disk>
   /** Persist the in-memory values if they moved (the timeline manager's periodic save). */
   readonly persistInMemory: Effect.Effect<void, AcceptorFailure, Disk>
+  /**
+   * Neon's start_change/finish_change for background tasks (partial backup, eviction): the
+   * persisted state with the in-memory values laid over it, modified, and persisted (fsync,
+   * rename, directory fsync) before memory follows. Nothing is written when nothing changed.
+   */
+  modifyPersisted(modify: (draft: PersistedState) => PersistedState): Effect.Effect<void, AcceptorFailure, Disk>
   /** The whole state, as of the last completed request. */
   snapshot(): AcceptorSnapshot
   term(): Term
@@ -583,6 +589,7 @@ export const makeAcceptor = Effect.fn("Acceptor.make")(function* (options: Accep
     ),
     applyPeerInfo: (peer) => exclusive(Effect.suspend(() => act(decidePeerInfo(state, peer, wal.positions())))).pipe(Effect.asVoid),
     persistInMemory: exclusive(Effect.suspend(() => act(decidePersistInMemory(state)))).pipe(Effect.asVoid),
+    modifyPersisted: (modify) => exclusive(Effect.suspend(() => act(change(state, modify)))).pipe(Effect.asVoid),
     snapshot: () => state,
     term: () => state.persisted.acceptorState.term,
     flushLsn: () => acceptorFlushLsn(state, wal.positions().flushRecordLsn),

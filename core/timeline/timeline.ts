@@ -36,6 +36,8 @@ export interface TimelinePositions {
   /** In-memory commit_lsn (what senders stream up to). */
   readonly commitLsn: Lsn
   readonly remoteConsistentLsn: Lsn
+  /** In-memory backup_lsn: everything below it is in object storage. */
+  readonly backupLsn: Lsn
   /** Set once the acceptor fail-stopped: waiters must give up. */
   readonly stopped: boolean
 }
@@ -120,6 +122,29 @@ export class Timeline {
       if (ahead <= 0 || (when === "SegmentAhead" && ahead < this.segmentSizeBytes)) return Effect.void
       return Effect.uninterruptible(this.published(this.acceptor.persistInMemory))
     })
+  }
+
+  /**
+   * Raises the in-memory backup_lsn once the objects below it are durable in object storage
+   * (never lowered; persisted with the next control-file save, or at once when it runs a
+   * segment ahead of the control file, as peer info is).
+   */
+  recordBackupLsn(backupLsn: Lsn): Effect.Effect<void, AcceptorFailure, Disk> {
+    return Effect.suspend(() => {
+      if (backupLsn <= this.acceptor.snapshot().inMemory.backupLsn) return Effect.void
+      return this.published(this.acceptor.applyPeerInfo({
+        commitLsn: Lsn(0),
+        lastLogTerm: this.acceptor.lastLogTerm(),
+        backupLsn,
+        remoteConsistentLsn: Lsn(0),
+        peerHorizonLsn: Lsn(0)
+      }))
+    })
+  }
+
+  /** A durable change of the control file by a background task (partial backup, eviction). */
+  modifyPersisted(modify: (draft: PersistedState) => PersistedState): Effect.Effect<void, AcceptorFailure, Disk> {
+    return Effect.uninterruptible(this.published(this.acceptor.modifyPersisted(modify)))
   }
 
   /** WAL bytes [startLsn, startLsn + length) from storage; shorter at a segment end. */
@@ -221,7 +246,7 @@ export class Timeline {
     const previous = this.positions.get()
     if (next.term !== previous.term || next.lastLogTerm !== previous.lastLogTerm || next.flushLsn !== previous.flushLsn ||
       next.commitLsn !== previous.commitLsn || next.remoteConsistentLsn !== previous.remoteConsistentLsn ||
-      next.stopped !== previous.stopped) {
+      next.backupLsn !== previous.backupLsn || next.stopped !== previous.stopped) {
       this.positions.set(next)
     }
   }
@@ -234,6 +259,7 @@ export class Timeline {
       flushLsn: acceptor.flushLsn(),
       commitLsn: acceptor.commitLsn(),
       remoteConsistentLsn: acceptor.snapshot().inMemory.remoteConsistentLsn,
+      backupLsn: acceptor.snapshot().inMemory.backupLsn,
       stopped: acceptor.stoppedReason() !== undefined
     }
   }
