@@ -3,7 +3,6 @@ import type { Term } from "../acceptor/state.js"
 import { assert } from "../assert.js"
 import { nowUs, US_PER_SECOND } from "../io/clock.js"
 import type { Disk, DiskError } from "../io/disk.js"
-import type { WalStorageError } from "../acceptor/wal-storage.js"
 import { type Log, logInfo } from "../io/log.js"
 import { MAX_SEND_SIZE_BYTES } from "../protocol/consensus.js"
 import {
@@ -13,10 +12,10 @@ import {
   XLOG_DATA_FRAME_HEADER_BYTES,
   writeXLogDataFrameHeader
 } from "../protocol/replication.js"
-import type { Timeline, TimelinePositions, WalSenderKind, WalSenderState } from "../timeline/timeline.js"
+import type { Timeline, TimelinePositions, WalReadFailure, WalSenderKind, WalSenderState } from "../timeline/timeline.js"
 import { Watch } from "../timeline/watch.js"
 import { formatLsn, Lsn, segmentNoOf, segmentStartLsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
-import { READ_HEADROOM_BYTES_MAX, SegmentStore } from "../wal/segment-store.js"
+import { READ_HEADROOM_BYTES_MAX } from "../wal/segment-store.js"
 import type { ChannelError, CopyChannel } from "./copy-channel.js"
 
 /**
@@ -91,7 +90,7 @@ export function checkStart(timeline: Timeline, options: Pick<SendOptions, "start
   return undefined
 }
 
-export type SendFailure = ChannelError | SendError | WalStorageError | DiskError
+export type SendFailure = ChannelError | SendError | WalReadFailure
 
 export const sendWal = (channel: CopyChannel, timeline: Timeline, options: SendOptions): Effect.Effect<SendEnd, SendFailure, Disk | Log> =>
   Effect.gen(function* () {
@@ -218,13 +217,13 @@ interface Chunk {
 }
 
 /** The chunk [startLsn, plannedEndLsn) (chunkEndOf against `walEndLsn`), or what storage holds of it. */
-const readChunk = (timeline: Timeline, startLsn: number, plannedEndLsn: number, walEndLsn: number): Effect.Effect<Chunk, WalStorageError | DiskError> =>
+const readChunk = (timeline: Timeline, startLsn: number, plannedEndLsn: number, walEndLsn: number): Effect.Effect<Chunk, WalReadFailure> =>
   Effect.map(readFrame(timeline, startLsn, plannedEndLsn - startLsn), (frame) => ({ startLsn, plannedEndLsn, walEndLsn, frame }))
 
 /** A chunk being read ahead. */
 interface Reading {
   readonly plannedEndLsn: number
-  readonly fiber: Fiber.Fiber<Chunk, WalStorageError | DiskError>
+  readonly fiber: Fiber.Fiber<Chunk, WalReadFailure>
 }
 
 const interruptAll = (readings: Array<Reading>): Effect.Effect<void> =>
@@ -234,14 +233,8 @@ const interruptAll = (readings: Array<Reading>): Effect.Effect<void> =>
  * The WAL [position, position + length) after room for the frame's headers, in one buffer. The
  * segment store reads it in place; any other storage is copied (tests with storage in memory).
  */
-function readFrame(timeline: Timeline, position: number, length: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
-  const wal = timeline.wal
-  if (wal instanceof SegmentStore) return wal.readWithHeadroom(Lsn(position), length, XLOG_DATA_FRAME_HEADER_BYTES)
-  return Effect.map(timeline.read(Lsn(position), length), (data) => {
-    const frame = new Uint8Array(XLOG_DATA_FRAME_HEADER_BYTES + data.byteLength)
-    frame.set(data, XLOG_DATA_FRAME_HEADER_BYTES)
-    return frame
-  })
+function readFrame(timeline: Timeline, position: number, length: number): Effect.Effect<Uint8Array, WalReadFailure> {
+  return timeline.readWithHeadroom(Lsn(position), length, XLOG_DATA_FRAME_HEADER_BYTES)
 }
 
 /** What the feedback reader tells the send loop; `events` ticks on each such change. */

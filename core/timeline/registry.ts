@@ -14,10 +14,12 @@ import {
 } from "../acceptor/state.js"
 import { nowUs } from "../io/clock.js"
 import { Disk, type DiskError, joinPath } from "../io/disk.js"
+import type { RemoteStorage } from "../io/remote-storage.js"
 import { logInfo, logWarn } from "../io/log.js"
 import { Lsn } from "../wal/lsn.js"
 import { openSegmentStore } from "../wal/segment-store.js"
 import { Timeline, type TimelineKey, timelineKeyText } from "./timeline.js"
+import { Watch } from "./watch.js"
 
 /**
  * The timelines of one safekeeper (Neon's `GlobalTimelines`): `DATADIR/<tenant>/<timeline>/`,
@@ -59,12 +61,16 @@ export interface RegistryOptions {
   readonly datadir: string
   readonly nodeId: NodeId
   readonly noSync: boolean
+  /** Object storage, when configured: timelines read removed segments from it. */
+  readonly remote?: RemoteStorage["Service"]
 }
 
 export class TimelineRegistry {
   private readonly timelines = new Map<string, Timeline>()
   private readonly broken = new Map<string, string>()
   private readonly createLock = Semaphore.makeUnsafe(1)
+  /** Counts timelines opened: the background supervisor waits on it to start their managers. */
+  readonly opened = Watch.make(0)
 
   private constructor(readonly options: RegistryOptions) {}
 
@@ -195,8 +201,9 @@ export class TimelineRegistry {
         noSync: self.options.noSync
       })
       const acceptor = yield* makeAcceptor({ nodeId: self.options.nodeId, state, walStorage: wal, directory, noSync: self.options.noSync })
-      const timeline = new Timeline(key, directory, self.options.nodeId, acceptor, wal)
+      const timeline = new Timeline(key, directory, self.options.nodeId, acceptor, wal, self.options.remote)
       self.timelines.set(timelineKeyText(key), timeline)
+      self.opened.set(self.opened.get() + 1)
       return timeline
     })
   }

@@ -1,6 +1,6 @@
 import { Effect } from "effect"
 import type { Acceptor, AcceptorFailure } from "../acceptor/acceptor.js"
-import type { NodeId, PersistedState, TenantId, Term, TimelineId } from "../acceptor/state.js"
+import { type NodeId, type PersistedState, type TenantId, Term, type TimelineId } from "../acceptor/state.js"
 import type { WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
 import type { Disk, DiskError } from "../io/disk.js"
 import {
@@ -12,7 +12,11 @@ import {
   type ProposerMessage
 } from "../protocol/consensus.js"
 import type { PageserverFeedback } from "../protocol/pageserver-feedback.js"
-import { Lsn } from "../wal/lsn.js"
+import { type RemoteStorage, RemoteStorageError } from "../io/remote-storage.js"
+import { Lsn, segmentNoOf, segmentOffsetOf } from "../wal/lsn.js"
+import { SegmentStore } from "../wal/segment-store.js"
+import { PeerTable } from "./peers.js"
+import { segmentObjectPath } from "./remote-layout.js"
 import { Watch } from "./watch.js"
 
 /**
@@ -70,19 +74,32 @@ export interface FeedbackBroadcast {
   readonly feedback: PageserverFeedback | undefined
 }
 
+/** What reading WAL can fail with: local storage, or object storage for a removed segment. */
+export type WalReadFailure = WalStorageError | DiskError | RemoteStorageError
+
 export class Timeline {
   readonly positions: Watch<TimelinePositions>
   readonly pageserverFeedback = Watch.make<FeedbackBroadcast>({ sequence: 0, feedback: undefined })
   private readonly senders = new Map<number, WalSenderState>()
   private readonly receivers = new Map<number, WalReceiverState>()
   private nextConsumerId = 1
+  /** What the broker said about this timeline's safekeepers (this one included). */
+  readonly peers = new PeerTable()
+  /** Set by the manager: backup needed, computes connected, or the pageserver behind (published to the broker). */
+  active = false
+  /** Snapshots in progress hold WAL removal (pull_timeline). */
+  walRemovalHolds = 0
+  /** The highest segment removed from local disk in this life (Neon's last_removed_segno). */
+  lastRemovedSegmentNo = 0
 
   constructor(
     readonly key: TimelineKey,
     readonly directory: string,
     readonly nodeId: NodeId,
     readonly acceptor: Acceptor,
-    readonly wal: WalStorage
+    readonly wal: WalStorage,
+    /** Object storage, when configured: readers get removed segments from it (on-demand download). */
+    readonly remote?: RemoteStorage["Service"]
   ) {
     this.positions = Watch.make(this.currentPositions())
   }
@@ -142,14 +159,81 @@ export class Timeline {
     })
   }
 
+  /**
+   * Neon's `record_safekeeper_info`: a peer's info from the broker may raise commit_lsn (same
+   * last_log_term), backup_lsn, remote_consistent_lsn and peer_horizon_lsn.
+   */
+  applyPeerInfo(info: { readonly commitLsn: number; readonly lastLogTerm: number; readonly backupLsn: number; readonly remoteConsistentLsn: number; readonly peerHorizonLsn: number }): Effect.Effect<void, AcceptorFailure, Disk> {
+    return this.published(this.acceptor.applyPeerInfo({
+      commitLsn: Lsn(info.commitLsn),
+      lastLogTerm: Term(info.lastLogTerm),
+      backupLsn: Lsn(info.backupLsn),
+      remoteConsistentLsn: Lsn(info.remoteConsistentLsn),
+      peerHorizonLsn: Lsn(info.peerHorizonLsn)
+    }))
+  }
+
   /** A durable change of the control file by a background task (partial backup, eviction). */
   modifyPersisted(modify: (draft: PersistedState) => PersistedState): Effect.Effect<void, AcceptorFailure, Disk> {
     return Effect.uninterruptible(this.published(this.acceptor.modifyPersisted(modify)))
   }
 
-  /** WAL bytes [startLsn, startLsn + length) from storage; shorter at a segment end. */
-  read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalStorageError | DiskError> {
-    return this.wal.read(startLsn, lengthBytes)
+  /**
+   * WAL bytes [startLsn, startLsn + length) from local disk; shorter at a segment end. A segment
+   * removed from local disk but below backup_lsn (so in object storage, whole) is read from
+   * there instead: a lagging peer or pageserver, or a START_REPLICATION from far back, gets it
+   * transparently (on-demand download).
+   */
+  read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+    return this.wal.read(startLsn, lengthBytes).pipe(
+      Effect.catchIf((error) => this.isRemoteReadable(error, startLsn), () => this.readRemote(startLsn, lengthBytes))
+    )
+  }
+
+  /**
+   * `read` into a new buffer with `headroomBytes` free in front (a frame's headers): the
+   * segment store reads in place; other storage, and object storage, is copied.
+   */
+  readWithHeadroom(startLsn: Lsn, lengthBytes: number, headroomBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+    const wal = this.wal
+    const copied = Effect.map(this.read(startLsn, lengthBytes), (data) => {
+      const frame = new Uint8Array(headroomBytes + data.byteLength)
+      frame.set(data, headroomBytes)
+      return frame
+    })
+    if (!(wal instanceof SegmentStore)) return copied
+    return wal.readWithHeadroom(startLsn, lengthBytes, headroomBytes).pipe(
+      Effect.catchIf((error) => this.isRemoteReadable(error, startLsn), () => copied)
+    )
+  }
+
+  private isRemoteReadable(error: WalReadFailure, startLsn: Lsn): boolean {
+    return error._tag === "DiskError" && error.reason === "NotFound" && this.remote !== undefined &&
+      segmentNoOf(startLsn, this.segmentSizeBytes) < segmentNoOf(this.acceptor.snapshot().inMemory.backupLsn, this.segmentSizeBytes)
+  }
+
+  private readRemote(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, RemoteStorageError> {
+    const remote = this.remote
+    if (remote === undefined) return Effect.fail(new RemoteStorageError({ reason: "NotFound", operation: "get", path: "", message: "no remote storage" }))
+    const segmentSizeBytes = this.segmentSizeBytes
+    const segmentNo = segmentNoOf(startLsn, segmentSizeBytes)
+    const offset = segmentOffsetOf(startLsn, segmentSizeBytes)
+    const length = Math.min(lengthBytes, segmentSizeBytes - offset)
+    const path = segmentObjectPath(this.key, segmentNo, segmentSizeBytes)
+    return remote.get(path, { startBytes: offset, endBytes: offset + length }).pipe(
+      Effect.flatMap((bytes) =>
+        bytes.length === length
+          ? Effect.succeed(bytes)
+          : Effect.fail(new RemoteStorageError({ reason: "Permanent", operation: "get", path, message: `object holds ${bytes.length} bytes at ${offset}, expected ${length}: not a whole segment` }))
+      )
+    )
+  }
+
+  /** Removes local segments ≤ `segmentNo` (the manager, below the removal horizon). */
+  removeWalUpTo(segmentNo: number): Effect.Effect<void, WalStorageError | DiskError> {
+    return Effect.map(this.wal.removeUpTo(segmentNo), () => {
+      if (segmentNo > this.lastRemovedSegmentNo) this.lastRemovedSegmentNo = segmentNo
+    })
   }
 
   // ---- consumers ----
