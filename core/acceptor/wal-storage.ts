@@ -17,7 +17,9 @@ export const WalStorageErrorReason = Schema.Literals([
   "Stopped", // an fsync failed earlier: the timeline is fail-stopped and never retries
   "EndBelowCommit", // on load, the WAL found ends below the persisted commit_lsn
   "Corrupt", // files on disk contradict each other
-  "InvalidWal" // written bytes are not valid WAL, or an LSN is not a record boundary (nothing written)
+  "InvalidWal", // written bytes are not valid WAL, or an LSN is not a record boundary (nothing written)
+  "Removed", // a read below what local disk keeps (removed after backup) with no object storage to read it from
+  "Offloaded" // the timeline is evicted: its WAL is in object storage only (take a residence guard first)
 ])
 export type WalStorageErrorReason = typeof WalStorageErrorReason.Type
 

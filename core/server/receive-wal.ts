@@ -13,7 +13,7 @@ import {
   type ProposerMessage
 } from "../protocol/consensus.js"
 import type { PageserverFeedback } from "../protocol/pageserver-feedback.js"
-import type { Timeline } from "../timeline/timeline.js"
+import type { Timeline, UnevictFailure } from "../timeline/timeline.js"
 import type { TimelineOpenFailure } from "../timeline/registry.js"
 import type { ChannelError, CopyChannel } from "./copy-channel.js"
 
@@ -36,7 +36,7 @@ export class PushError extends Schema.TaggedError<PushError>()("PushError", {
   message: Schema.String
 }) {}
 
-export type PushFailure = PushError | MalformedMessage | AcceptorFailure | ChannelError | TimelineOpenFailure
+export type PushFailure = PushError | MalformedMessage | AcceptorFailure | ChannelError | TimelineOpenFailure | UnevictFailure
 
 export interface PushOptions {
   /** Looks up or creates the timeline named by the greeting (creation as START_WAL_PUSH allows). */
@@ -62,7 +62,8 @@ export const receiveWal = (channel: CopyChannel, options: PushOptions): Effect.E
     const timeline = yield* options.timelineFor(greeting)
     const receiver = timeline.registerReceiver()
     yield* Effect.ensuring(
-      pipeline(channel, timeline, greeting, receiver),
+      // A residence guard: an evicted timeline comes back before the first message, and stays.
+      timeline.withResidence(pipeline(channel, timeline, greeting, receiver)),
       Effect.sync(() => timeline.unregisterReceiver(receiver.id))
     )
   })

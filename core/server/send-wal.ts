@@ -12,7 +12,7 @@ import {
   XLOG_DATA_FRAME_HEADER_BYTES,
   writeXLogDataFrameHeader
 } from "../protocol/replication.js"
-import type { Timeline, TimelinePositions, WalReadFailure, WalSenderKind, WalSenderState } from "../timeline/timeline.js"
+import type { Timeline, TimelinePositions, UnevictFailure, WalReadFailure, WalSenderKind, WalSenderState } from "../timeline/timeline.js"
 import { Watch } from "../timeline/watch.js"
 import { formatLsn, Lsn, segmentNoOf, segmentStartLsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
 import { READ_HEADROOM_BYTES_MAX } from "../wal/segment-store.js"
@@ -90,12 +90,13 @@ export function checkStart(timeline: Timeline, options: Pick<SendOptions, "start
   return undefined
 }
 
-export type SendFailure = ChannelError | SendError | WalReadFailure
+export type SendFailure = ChannelError | SendError | WalReadFailure | UnevictFailure
 
 export const sendWal = (channel: CopyChannel, timeline: Timeline, options: SendOptions): Effect.Effect<SendEnd, SendFailure, Disk | Log> =>
   Effect.gen(function* () {
     const sender = timeline.registerSender({ applicationName: options.applicationName, kind: options.kind, startLsn: options.startLsn })
-    return yield* Effect.ensuring(stream(channel, timeline, sender, options), Effect.sync(() => timeline.unregisterSender(sender.id)))
+    // A residence guard: an evicted timeline is brought back (on-demand download) and stays.
+    return yield* Effect.ensuring(timeline.withResidence(stream(channel, timeline, sender, options)), Effect.sync(() => timeline.unregisterSender(sender.id)))
   })
 
 const stream = (channel: CopyChannel, timeline: Timeline, sender: WalSenderState, options: SendOptions) =>

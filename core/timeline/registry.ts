@@ -1,5 +1,4 @@
 import { Effect, Result, Schema, Semaphore } from "effect"
-import { makeAcceptor } from "../acceptor/acceptor.js"
 import { type ControlFileError, loadControlFile, persistControlFile } from "../acceptor/control-file.js"
 import type { WalStorageError } from "../acceptor/wal-storage.js"
 import {
@@ -17,7 +16,7 @@ import { Disk, type DiskError, joinPath } from "../io/disk.js"
 import type { RemoteStorage } from "../io/remote-storage.js"
 import { logInfo, logWarn } from "../io/log.js"
 import { Lsn } from "../wal/lsn.js"
-import { openSegmentStore } from "../wal/segment-store.js"
+import { openTimelineStorage } from "./open.js"
 import { Timeline, type TimelineKey, timelineKeyText } from "./timeline.js"
 import { Watch } from "./watch.js"
 
@@ -191,17 +190,8 @@ export class TimelineRegistry {
       if (state.tenantId !== key.tenantId || state.timelineId !== key.timelineId) {
         return yield* new TimelineError({ ...ids(key), reason: "Broken", message: `control file names ${state.tenantId}/${state.timelineId}` })
       }
-      const wal = yield* openSegmentStore({
-        directory,
-        segmentSizeBytes: state.server.walSegSizeBytes,
-        commitLsn: state.commitLsn,
-        timelineStartLsn: state.timelineStartLsn,
-        pgVersion: state.server.pgVersion,
-        systemId: state.server.systemId,
-        noSync: self.options.noSync
-      })
-      const acceptor = yield* makeAcceptor({ nodeId: self.options.nodeId, state, walStorage: wal, directory, noSync: self.options.noSync })
-      const timeline = new Timeline(key, directory, self.options.nodeId, acceptor, wal, self.options.remote)
+      const { wal, acceptor } = yield* openTimelineStorage({ directory, state, nodeId: self.options.nodeId, noSync: self.options.noSync })
+      const timeline = new Timeline(key, directory, self.options.nodeId, acceptor, wal, { noSync: self.options.noSync, ...(self.options.remote === undefined ? {} : { remote: self.options.remote }) })
       self.timelines.set(timelineKeyText(key), timeline)
       self.opened.set(self.opened.get() + 1)
       return timeline

@@ -1,7 +1,7 @@
-import { Effect } from "effect"
+import { Effect, Schema, Semaphore } from "effect"
 import type { Acceptor, AcceptorFailure } from "../acceptor/acceptor.js"
 import { type NodeId, type PersistedState, type TenantId, Term, type TimelineId } from "../acceptor/state.js"
-import type { WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
+import { type WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
 import type { Disk, DiskError } from "../io/disk.js"
 import {
   type AcceptorMessage,
@@ -13,7 +13,7 @@ import {
 } from "../protocol/consensus.js"
 import type { PageserverFeedback } from "../protocol/pageserver-feedback.js"
 import { type RemoteStorage, RemoteStorageError } from "../io/remote-storage.js"
-import { Lsn, segmentNoOf, segmentOffsetOf } from "../wal/lsn.js"
+import { formatLsn, Lsn, segmentNoOf, segmentOffsetOf } from "../wal/lsn.js"
 import { SegmentStore } from "../wal/segment-store.js"
 import { PeerTable } from "./peers.js"
 import { segmentObjectPath } from "./remote-layout.js"
@@ -74,6 +74,13 @@ export interface FeedbackBroadcast {
   readonly feedback: PageserverFeedback | undefined
 }
 
+export class UnevictError extends Schema.TaggedError<UnevictError>()("UnevictError", {
+  message: Schema.String
+}) {}
+
+/** What bringing an evicted timeline back can fail with. */
+export type UnevictFailure = UnevictError | RemoteStorageError | AcceptorFailure
+
 /** What reading WAL can fail with: local storage, or object storage for a removed segment. */
 export type WalReadFailure = WalStorageError | DiskError | RemoteStorageError
 
@@ -92,16 +99,74 @@ export class Timeline {
   /** The highest segment removed from local disk in this life (Neon's last_removed_segno). */
   lastRemovedSegmentNo = 0
 
+  /** Object storage, when configured: readers get removed segments from it (on-demand download). */
+  readonly remote: RemoteStorage["Service"] | undefined
+  readonly noSync: boolean
+  private currentAcceptor: Acceptor
+  private currentWal: WalStorage
+  /** Serializes eviction, un-eviction and the taking of residence guards. */
+  readonly residenceLock = Semaphore.makeUnsafe(1)
+  /** Residence guards held (pushes, replication, peer recovery): eviction waits for none. */
+  residenceGuards = 0
+  /** Brings an evicted timeline back (installed by the manager, which owns eviction). */
+  unevictor: ((timeline: Timeline) => Effect.Effect<void, UnevictFailure, Disk>) | undefined
+
   constructor(
     readonly key: TimelineKey,
     readonly directory: string,
     readonly nodeId: NodeId,
-    readonly acceptor: Acceptor,
-    readonly wal: WalStorage,
-    /** Object storage, when configured: readers get removed segments from it (on-demand download). */
-    readonly remote?: RemoteStorage["Service"]
+    acceptor: Acceptor,
+    wal: WalStorage,
+    options: { readonly noSync: boolean; readonly remote?: RemoteStorage["Service"] } = { noSync: false }
   ) {
+    this.currentAcceptor = acceptor
+    this.currentWal = wal
+    this.noSync = options.noSync
+    this.remote = options.remote
     this.positions = Watch.make(this.currentPositions())
+  }
+
+  get acceptor(): Acceptor {
+    return this.currentAcceptor
+  }
+
+  get wal(): WalStorage {
+    return this.currentWal
+  }
+
+  /** Offloaded: evicted, with WAL in object storage only. */
+  get isOffloaded(): boolean {
+    return this.currentAcceptor.persistedState().evictionState._tag === "Offloaded"
+  }
+
+  /**
+   * Replaces the acceptor and its storage (eviction and un-eviction, under residenceLock, with
+   * the control file already saying which it is). The old storage is closed.
+   */
+  replaceStorage(acceptor: Acceptor, wal: WalStorage): Effect.Effect<void> {
+    const previous = this.currentWal
+    this.currentAcceptor = acceptor
+    this.currentWal = wal
+    this.publish()
+    return previous === wal ? Effect.void : previous.close
+  }
+
+  /**
+   * Runs `effect` with the timeline resident (Neon's residence guard): an evicted timeline is
+   * brought back first (download, verify, durable rename), and it cannot be evicted until
+   * `effect` ends. Every WAL user takes one: pushes, replication, peer recovery.
+   */
+  withResidence<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnevictFailure, R | Disk> {
+    const acquire = this.residenceLock.withPermit(Effect.gen({ self: this }, function* () {
+      if (this.isOffloaded) {
+        if (this.unevictor === undefined) {
+          return yield* new UnevictError({ message: `timeline ${timelineKeyText(this.key)} is evicted and no object storage is configured to bring it back` })
+        }
+        yield* this.unevictor(this)
+      }
+      this.residenceGuards++
+    }))
+    return Effect.acquireUseRelease(acquire, () => effect, () => Effect.sync(() => this.residenceGuards--))
   }
 
   get segmentSizeBytes(): number {
@@ -186,7 +251,7 @@ export class Timeline {
    */
   read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
     return this.wal.read(startLsn, lengthBytes).pipe(
-      Effect.catchIf((error) => this.isRemoteReadable(error, startLsn), () => this.readRemote(startLsn, lengthBytes))
+      Effect.catchIf((error) => this.isRemoved(error, startLsn), () => this.readRemoved(startLsn, lengthBytes))
     )
   }
 
@@ -203,13 +268,26 @@ export class Timeline {
     })
     if (!(wal instanceof SegmentStore)) return copied
     return wal.readWithHeadroom(startLsn, lengthBytes, headroomBytes).pipe(
-      Effect.catchIf((error) => this.isRemoteReadable(error, startLsn), () => copied)
+      Effect.catchIf((error) => this.isRemoved(error, startLsn), () => copied)
     )
   }
 
-  private isRemoteReadable(error: WalReadFailure, startLsn: Lsn): boolean {
-    return error._tag === "DiskError" && error.reason === "NotFound" && this.remote !== undefined &&
-      segmentNoOf(startLsn, this.segmentSizeBytes) < segmentNoOf(this.acceptor.snapshot().inMemory.backupLsn, this.segmentSizeBytes)
+  /**
+   * A segment missing below the persisted commit_lsn's was removed (WAL removal never goes
+   * that far up; above it a missing segment is a broken disk, and stays a DiskError).
+   */
+  private isRemoved(error: WalReadFailure, startLsn: Lsn): boolean {
+    return error._tag === "DiskError" && error.reason === "NotFound" &&
+      segmentNoOf(startLsn, this.segmentSizeBytes) < segmentNoOf(this.persisted.commitLsn, this.segmentSizeBytes)
+  }
+
+  /** A removed segment: from object storage when it is there whole (below backup_lsn), else refused. */
+  private readRemoved(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+    const segmentNo = segmentNoOf(startLsn, this.segmentSizeBytes)
+    if (this.remote !== undefined && segmentNo < segmentNoOf(this.acceptor.snapshot().inMemory.backupLsn, this.segmentSizeBytes)) {
+      return this.readRemote(startLsn, lengthBytes)
+    }
+    return Effect.fail(new WalStorageError({ reason: "Removed", message: `requested WAL segment ${segmentNo} (at ${formatLsn(startLsn)}) has already been removed` }))
   }
 
   private readRemote(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, RemoteStorageError> {
