@@ -11,6 +11,9 @@ import { bytesBody, RemoteStorage, RemoteStorageError, type RemoteStorageErrorRe
 import { Incarnation, Kernel } from "./kernel.js"
 import { NO_OBJECT_STORE_FAULTS, type ObjectStoreFaults, SimObjectStore } from "./object-store.js"
 import { forkInLife } from "./runtime.js"
+import { NO_DISK_FAULTS } from "./disk.js"
+import { DEFAULT_NET_FAULTS } from "./net.js"
+import { World } from "./world.js"
 
 class Lab {
   readonly kernel: Kernel
@@ -203,31 +206,37 @@ describe("faults", () => {
   })
 
   test("a transient error leaves nothing: no object, no delete, no copy", () => {
-    const lab = new Lab(1)
-    lab.run(put("keep", text("k")))
-    const faults: ObjectStoreFaults = { ...NO_OBJECT_STORE_FAULTS, transientErrorProbability: 1 }
-    const failing = new SimObjectStore(lab.kernel, faults)
-    const life = new Incarnation("n", 9)
-    const program = Effect.gen(function* () {
+    const lab = new Lab(2, { transientErrorProbability: 0.5 })
+    const snapshot = () => new Map(lab.store.objects())
+    const failures: string[] = []
+    lab.run(Effect.gen(function* () {
       const s = yield* storage
-      return [
-        yield* reasonOf(s.put("new", bytesBody(text("v")), 1)),
-        yield* reasonOf(s.get("new")),
-        yield* reasonOf(s.list(""))
-      ]
-    })
-    const fiber = forkInLife(lab.kernel, life, Effect.provideService(program, RemoteStorage, failing.service(life)))
-    lab.kernel.run()
-    expect(Exit.isSuccess(fiber.pollUnsafe()!) && fiber.pollUnsafe()).toMatchObject({ value: ["Transient", "Transient", "Transient"] })
-    expect(failing.objects().size).toBe(0)
-    expect(failing.stats).toMatchObject({ transientErrors: 3, puts: 0, lostAcks: 0 })
-    // With faults stopped (the liveness phase) the same store answers.
-    failing.stopFaults()
-    const later = new Incarnation("n", 10)
-    const again = forkInLife(lab.kernel, later, Effect.provideService(reasonOf(put("new", text("v"))), RemoteStorage, failing.service(later)))
-    lab.kernel.run()
-    expect(again.pollUnsafe()).toMatchObject({ value: "ok" })
-    expect(failing.object("new")).toEqual(text("v"))
+      for (let i = 0; i < 40; i++) {
+        const before = snapshot()
+        const [what, call] = [
+          ["put", s.put(`p${i % 3}`, bytesBody(bytes(10, i)), 10)],
+          ["copy", s.copy(`p${i % 3}`, `c${i % 2}`)],
+          ["delete", s.delete(`p${(i + 1) % 3}`)]
+        ][i % 3] as [string, Effect.Effect<void, RemoteStorageError>]
+        const reason = yield* reasonOf(call)
+        if (reason === "Transient") {
+          failures.push(what)
+          expect(snapshot()).toEqual(before)
+        }
+      }
+    }))
+    expect(new Set(failures)).toEqual(new Set(["put", "copy", "delete"]))
+    expect(lab.store.stats.transientErrors).toBe(failures.length)
+    expect(lab.store.stats.lostAcks).toBe(0)
+  })
+
+  test("once faults stop (the liveness phase), requests succeed", () => {
+    const lab = new Lab(1, { transientErrorProbability: 1, lostAckProbability: 1 })
+    expect(lab.run(reasonOf(put("x", text("v"))))).toBe("Transient")
+    expect(lab.store.objects().size).toBe(0)
+    lab.store.stopFaults()
+    expect(lab.run(reasonOf(put("x", text("v"))))).toBe("ok")
+    expect(lab.run(get("x"))).toEqual(text("v"))
   })
 
   test("a life that dies mid-upload or while waiting for the answer never lands its put and never resumes", () => {
@@ -317,6 +326,41 @@ describe("faults", () => {
     expect(fiber.pollUnsafe()).toMatchObject({ value: "Transient" })
     expect(lab.kernel.nowUs).toBe(301_000)
     expect(lab.store.objects().size).toBe(0)
+  })
+})
+
+describe("in a World", () => {
+  test("the store outlives node lives: a crash mid-upload lands nothing, the next life reads what the last one stored", () => {
+    const outcome: string[] = []
+    const world = new World({
+      seed: 3, nodes: ["a"], diskFaults: NO_DISK_FAULTS, netFaults: DEFAULT_NET_FAULTS, crashOnOperationProbability: 0,
+      clockSkewUsMax: 0, restartDelayUs: [1_000, 1_000], recordTrace: true, traceHeader: [],
+      program: (node, life) => {
+        const program = life.life === 1
+          ? Effect.gen(function* () {
+            yield* put("x", text("v1"))
+            yield* put("y", bytes(1_000_000, 1), 10_000) // 1 s at 1 MB/s: the crash comes first
+            outcome.push("life 1 finished")
+          })
+          : Effect.gen(function* () {
+            outcome.push(`x=${new TextDecoder().decode(yield* get("x"))}`, `y=${yield* reasonOf(get("y"))}`)
+            yield* Effect.never
+          })
+        return Effect.provideService(program, RemoteStorage, store.service(life, node))
+      }
+    })
+    const store = new SimObjectStore(world.kernel, { ...NO_OBJECT_STORE_FAULTS, uploadBytesPerSecond: 1_000_000 })
+    world.start("a")
+    world.kernel.setTimer(300_000, () => {
+      world.crash("a", "test")
+      world.restartLater("a")
+    }, undefined)
+    const hits = world.run(3_000_000)
+    world.dispose()
+    expect(hits).toEqual([])
+    expect(world.violations).toEqual([])
+    expect(outcome).toEqual(["x=v1", "y=NotFound"])
+    expect([...store.objects().keys()]).toEqual(["x"])
   })
 })
 
