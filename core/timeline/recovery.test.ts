@@ -6,7 +6,7 @@
 // is partitioned while the proposer commits and healed after the compute stopped: with
 // runPeerRecovery on every safekeeper, sk3 reaches the others' flush_lsn with byte-equal WAL and
 // the same term history; without it, it stays where the partition left it.
-import { Effect, Layer } from "effect"
+import { Duration, Effect } from "effect"
 import * as fc from "fast-check"
 import { describe, expect, test } from "vitest"
 import { NodeId, TenantId, Term, type TermHistory, TimelineId } from "../acceptor/state.js"
@@ -136,11 +136,22 @@ const BEFORE_PARTITION_BYTES = 200 * 1024
 const DURING_PARTITION_BYTES = 1200 * 1024
 /** Same-term variant: sk3 is cut off this long after the start, in the middle of the run. */
 const SAME_TERM_PARTITION_AT_US = 800_000
+/** truncated-tail: how long the first proposer runs, and when it loses sk1 and sk2. */
+const TAIL_PROPOSER_US = 2_500_000
+const TAIL_PARTITION_AT_US = 800_000
 /** After the heal: several recovery intervals. */
 const SETTLE_US = 12_000_000
 const RUN_US_MAX = 120_000_000
 
-type Variant = "new-term" | "same-term"
+/**
+ * new-term: one proposer commits with all three, sk3 is cut off, a second proposer (term 2)
+ * commits with sk1 and sk2. same-term: one proposer, sk3 cut off in the middle of its run.
+ * truncated-tail: the first proposer loses sk1 and sk2 (one way) and goes on sending to sk3
+ * alone, which so holds uncommitted term-1 WAL past where term 2 (elected by sk1 and sk2 once
+ * sk3 is cut off from the compute too) starts: recovery must cut that tail before it appends
+ * term 2's WAL.
+ */
+type Variant = "new-term" | "same-term" | "truncated-tail"
 
 interface NodeView {
   readonly term: number
@@ -153,7 +164,7 @@ interface NodeView {
 interface RecoveryWorldResult {
   readonly views: ReadonlyMap<string, NodeView>
   /** sk3's flush_lsn and the others' when the partition healed. */
-  readonly atHeal: { readonly laggardFlushLsn: number; readonly leaderFlushLsn: number } | undefined
+  readonly atHeal: { readonly laggardFlushLsn: number; readonly laggardLastLogTerm: number; readonly leaderFlushLsn: number } | undefined
   readonly lines: ReadonlyArray<string>
   readonly hash: string
   readonly world: World
@@ -199,7 +210,11 @@ function runRecoveryWorld(options: { readonly seed: number; readonly peerRecover
   }
   const heal = () => {
     const flushOf = (node: string) => registries.get(node)?.get(KEY)?.positions.get().flushLsn ?? 0
-    atHeal = { laggardFlushLsn: flushOf(LAGGARD), leaderFlushLsn: Math.max(flushOf("sk1"), flushOf("sk2")) }
+    atHeal = {
+      laggardFlushLsn: flushOf(LAGGARD),
+      laggardLastLogTerm: registries.get(LAGGARD)?.get(KEY)?.positions.get().lastLogTerm ?? 0,
+      leaderFlushLsn: Math.max(flushOf("sk1"), flushOf("sk2"))
+    }
     world.net.healAll()
     doneAtUs = world.kernel.nowUs
   }
@@ -243,15 +258,26 @@ function runRecoveryWorld(options: { readonly seed: number; readonly peerRecover
       })
     }).pipe(Effect.provide(pgTransportLayer))
 
-  // new-term: one proposer commits with all three, sk3 is cut off, a second proposer (term 2)
-  // commits with sk1 and sk2. same-term: one proposer, sk3 cut off in the middle of its run.
   const computeProgram = Effect.gen(function* () {
-    if (options.variant === "new-term") {
-      yield* proposer(BEFORE_PARTITION_BYTES)
-      yield* Effect.sync(cutOff)
-      yield* proposer(DURING_PARTITION_BYTES)
-    } else {
-      yield* proposer(BEFORE_PARTITION_BYTES + DURING_PARTITION_BYTES)
+    switch (options.variant) {
+      case "new-term":
+        yield* proposer(BEFORE_PARTITION_BYTES)
+        yield* Effect.sync(cutOff)
+        yield* proposer(DURING_PARTITION_BYTES)
+        break
+      case "same-term":
+        yield* proposer(BEFORE_PARTITION_BYTES + DURING_PARTITION_BYTES)
+        break
+      case "truncated-tail":
+        // Stopped from outside (or stepping down without a quorum): either way it is gone.
+        yield* Effect.ignore(proposer(Number.MAX_SAFE_INTEGER).pipe(Effect.timeoutOption(Duration.micros(BigInt(TAIL_PROPOSER_US)))))
+        yield* Effect.sync(() => {
+          cutOff()
+          world.net.heal(COMPUTE, "sk1")
+          world.net.heal(COMPUTE, "sk2")
+        })
+        yield* proposer(DURING_PARTITION_BYTES)
+        break
     }
     yield* Effect.sync(heal)
   })
@@ -270,6 +296,16 @@ function runRecoveryWorld(options: { readonly seed: number; readonly peerRecover
   })
   world.faultsEnabled = false
   if (options.variant === "same-term") world.kernel.after(SAME_TERM_PARTITION_AT_US, cutOff, undefined)
+  if (options.variant === "truncated-tail") {
+    // sk3 is also cut off from its peers: else sk1 and sk2, which no compute streams to any
+    // more, would recover the tail from it (as Neon's would) and term 2 would start after it.
+    world.kernel.after(TAIL_PARTITION_AT_US, () => {
+      world.net.partition(COMPUTE, "sk1", { oneWay: true })
+      world.net.partition(COMPUTE, "sk2", { oneWay: true })
+      world.net.partition(LAGGARD, "sk1")
+      world.net.partition(LAGGARD, "sk2")
+    }, undefined)
+  }
   for (const node of [...SAFEKEEPERS, COMPUTE]) world.start(node)
   const hits = world.run(RUN_US_MAX, { stop: () => doneAtUs !== undefined && world.kernel.nowUs >= doneAtUs + SETTLE_US })
   expect(hits).toEqual([])
@@ -311,7 +347,7 @@ function walOf(world: World, node: string, startLsn: number, endLsn: number): Ui
 
 const recoveryLines = (lines: ReadonlyArray<string>, node: string) => lines.filter((line) => line.includes(` ${node}#`) && line.includes("peer recovery"))
 
-describe.each<Variant>(["new-term", "same-term"])("a safekeeper cut off while the proposer commits (%s)", (variant) => {
+describe.each<Variant>(["new-term", "same-term", "truncated-tail"])("a safekeeper cut off while the proposer commits (%s)", (variant) => {
   test("with peer recovery it catches up after the heal: same flush_lsn, byte-equal WAL, same term history", () => {
     const result = runRecoveryWorld({ seed: 8, peerRecovery: true, variant })
     expect(result.violations).toEqual([])
@@ -321,6 +357,12 @@ describe.each<Variant>(["new-term", "same-term"])("a safekeeper cut off while th
     expect(result.atHeal).toBeDefined()
     expect(result.atHeal!.laggardFlushLsn).toBeLessThan(result.atHeal!.leaderFlushLsn)
     expect(leader.flushLsn).toBeGreaterThanOrEqual(leader.timelineStartLsn + BEFORE_PARTITION_BYTES + DURING_PARTITION_BYTES)
+    if (variant === "truncated-tail") {
+      // sk3 really held an older term's WAL past where the donor's term starts.
+      const donorTermStartLsn = leader.termHistory[leader.termHistory.length - 1]!.lsn
+      expect(result.atHeal!.laggardLastLogTerm).toBeLessThan(leader.lastLogTerm)
+      expect(result.atHeal!.laggardFlushLsn).toBeGreaterThan(donorTermStartLsn)
+    }
     expect(result.views.get("sk2")!.flushLsn).toBe(leader.flushLsn)
     expect(laggard.flushLsn).toBe(leader.flushLsn)
     expect(laggard.term).toBe(leader.term)
@@ -330,7 +372,7 @@ describe.each<Variant>(["new-term", "same-term"])("a safekeeper cut off while th
     const expected = walOf(result.world, "sk1", start, leader.flushLsn)
     expect(Buffer.from(walOf(result.world, LAGGARD, start, laggard.flushLsn)).equals(Buffer.from(expected))).toBe(true)
     const lines = recoveryLines(result.lines, LAGGARD)
-    expect(lines.some((line) => line.includes("peer recovery started") && line.includes("donor=1"))).toBe(true)
+    expect(lines.some((line) => line.includes("peer recovery started") && /donor=[12] /.test(line))).toBe(true)
     expect(lines.some((line) => line.includes("peer recovery finished") && line.includes("reason=\"caught up\""))).toBe(true)
     // The most advanced safekeepers never recover from anyone.
     expect(recoveryLines(result.lines, "sk1").filter((line) => line.includes("peer recovery started"))).toEqual([])

@@ -307,9 +307,13 @@ const receive = (timeline: Timeline, options: PeerRecoveryOptions, copy: CopyBot
       const positions = timeline.positions.get()
       if (positions.stopped) return "timeline stopped" as const
       if (positions.term !== term) return yield* ended("term changed")
-      const next = yield* copy.readCopyData.pipe(Effect.timeoutOption(Duration.micros(BigInt(silenceTimeoutUs))))
+      // A term change ends the stream at once, not at the donor's next message (which a
+      // partitioned donor may never send): the connection is closed after it anyway.
+      const termChanged = Effect.as(timeline.positions.waitUntil((p) => p.term !== term || p.stopped), "term changed" as const)
+      const next = yield* Effect.raceFirst(copy.readCopyData, termChanged).pipe(Effect.timeoutOption(Duration.micros(BigInt(silenceTimeoutUs))))
       if (Option.isNone(next)) return yield* ended("silence")
       const payload = next.value
+      if (payload === "term changed") continue
       if (payload === undefined) return yield* ended("donor ended")
       const decoded = decodeWalSenderMessage(payload)
       if (Result.isFailure(decoded)) return yield* new RecoveryError({ reason: "Malformed", message: decoded.failure.message })
