@@ -3,6 +3,7 @@ import type { Acceptor, AcceptorFailure } from "../acceptor/acceptor.js"
 import { type NodeId, type PersistedState, type TenantId, Term, type TimelineId } from "../acceptor/state.js"
 import { type WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
 import type { Disk, DiskError } from "../io/disk.js"
+import type { Log } from "../io/log.js"
 import {
   type AcceptorMessage,
   type AppendRequest,
@@ -109,7 +110,7 @@ export class Timeline {
   /** Residence guards held (pushes, replication, peer recovery): eviction waits for none. */
   residenceGuards = 0
   /** Brings an evicted timeline back (installed by the manager, which owns eviction). */
-  unevictor: ((timeline: Timeline) => Effect.Effect<void, UnevictFailure, Disk>) | undefined
+  unevictor: ((timeline: Timeline) => Effect.Effect<void, UnevictFailure, Disk | Log>) | undefined
 
   constructor(
     readonly key: TimelineKey,
@@ -156,7 +157,7 @@ export class Timeline {
    * brought back first (download, verify, durable rename), and it cannot be evicted until
    * `effect` ends. Every WAL user takes one: pushes, replication, peer recovery.
    */
-  withResidence<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnevictFailure, R | Disk> {
+  withResidence<A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E | UnevictFailure, R | Disk | Log> {
     const acquire = this.residenceLock.withPermit(Effect.gen({ self: this }, function* () {
       if (this.isOffloaded) {
         if (this.unevictor === undefined) {
