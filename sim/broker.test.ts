@@ -195,6 +195,25 @@ describe("partitions", () => {
     expect(lab.broker.stats).toMatchObject({ lostPublishes: 1, subscriptionFailures: 2 })
   })
 
+  test("a consumer that resubscribes with the same stream after Unavailable hears again once healed", () => {
+    const lab = new Lab(1, { ...fixed, timeoutUs: 100_000 })
+    const got: string[] = []
+    let failures = 0
+    lab.start("cut", Effect.flatMap(Effect.service(Broker), (broker) =>
+      Effect.forever(Stream.runForEach(broker.subscribe, (i) => Effect.sync(() => got.push(`${i.commitLsn}`))).pipe(
+        Effect.catchTag("BrokerError", () => Effect.andThen(Effect.sync(() => failures++), Effect.sleep("50 millis")))
+      ))))
+    lab.publish("p", Array.from({ length: 40 }, (_, i) => info(1, i)), { startUs: 0, everyUs: 10_000 })
+    lab.kernel.setTimer(50_000, () => lab.broker.partition("cut"), undefined)
+    lab.kernel.setTimer(250_000, () => lab.broker.heal("cut"), undefined)
+    lab.kernel.run({ untilUs: 1_000_000 })
+    expect(failures).toBe(1) // failed at 150 ms; resubscribed at 200 ms, still cut off; healed at 250 ms before that one timed out
+    expect(got.slice(0, 5)).toEqual(["0", "1", "2", "3", "4"])
+    expect(got).not.toContain("10")
+    expect(got.at(-1)).toBe("39")
+    expect(lab.broker.subscriptionCount).toBe(1)
+  })
+
   test("a partition healed within the timeout: the stream survives, what fell in the partition is lost", () => {
     const lab = new Lab(1, { ...fixed, timeoutUs: 100_000 })
     const cut = lab.listen("cut")
