@@ -182,11 +182,11 @@ export function uploadSegment(timeline: Timeline, segmentNo: number): Effect.Eff
 }
 
 /** The file's first `lengthBytes` as a stream pulled chunk by chunk (never whole in memory). */
-export function fileBody(file: DiskFile, lengthBytes: number, onShortRead: () => SegmentUploadError): Stream.Stream<Uint8Array, DiskError | SegmentUploadError> {
+export function fileBody<E>(file: DiskFile, lengthBytes: number, onShortRead: () => E): Stream.Stream<Uint8Array, DiskError | E> {
   return Stream.unfold(0, (offsetBytes: number) => {
     if (offsetBytes >= lengthBytes) return Effect.succeed(undefined)
     return file.read(offsetBytes, Math.min(UPLOAD_CHUNK_BYTES, lengthBytes - offsetBytes)).pipe(
-      Effect.flatMap((chunk) => chunk.byteLength === 0
+      Effect.flatMap((chunk): Effect.Effect<readonly [Uint8Array, number], E> => chunk.byteLength === 0
         ? Effect.fail(onShortRead())
         : Effect.succeed([chunk, offsetBytes + chunk.byteLength] as const))
     )
