@@ -36,6 +36,7 @@ import {
   afterUpload,
   deletionCandidates,
   isPartialUploadNeeded,
+  PARTIAL_SEGMENTS_PENDING_MAX,
   planPartialUpload,
   runPartialBackup,
   uploadedSegment
@@ -63,6 +64,8 @@ const TIMEOUT_US = 1_000_000
 interface StoreHooks {
   /** Before a put's body is read: a failure fails the put (nothing stored). */
   beforePut?(path: string, attempt: number): RemoteStorageError | undefined
+  /** A failure fails the delete (the object stays). */
+  beforeDelete?(path: string): RemoteStorageError | undefined
   /** Virtual time a put takes (after its body is read, before the object appears). */
   putDelayUs?(path: string): number
 }
@@ -109,8 +112,11 @@ class MapStore {
       .filter(([path]) => path.startsWith(prefix))
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([path, bytes]): RemoteObject => ({ path, sizeBytes: bytes.byteLength }))),
-    delete: (path) => Effect.sync(() => {
+    delete: (path) => Effect.suspend(() => {
+      const fault = this.hooks.beforeDelete?.(path)
+      if (fault !== undefined) return Effect.fail(fault)
       this.objects.delete(path)
+      return Effect.void
     }),
     copy: (from, to) => Effect.suspend(() => {
       const bytes = this.objects.get(from)
@@ -451,5 +457,69 @@ describe("runPartialBackup", () => {
       expect(partialObjects(store).length).toBe(1)
     }
     expect(crashed).toBeGreaterThan(points / 2)
+  })
+
+  test("last_log_term changing during the upload fails the round; the next one uploads under the new term", () => {
+    const second = segmentNoOf(START, SEGMENT_BYTES) + 1
+    const firstFlush = recordEndIn(second, 300_000)
+    const secondFlush = recordEndIn(second, 500_000)
+    // The first upload is slow: a new proposer (term 2) writes WAL meanwhile.
+    const store = new MapStore({ putDelayUs: (path) => (store.putAttempts.size === 1 && path.includes("_1_") ? 3_000_000 : 100) })
+    const log = new LogLines()
+    const problems: string[][] = []
+    const result = runLab(Effect.gen(function* () {
+      const timeline = yield* makeTimeline(firstFlush)
+      const task = yield* Effect.forkChild(runPartialBackup(timeline, { timeoutUs: TIMEOUT_US, nodeId: NodeId(1) }))
+      while (store.putAttempts.size < 1) yield* sleepUs(10_000)
+      yield* timeline.handle({ _tag: "VoteRequest", generation: Generation(1), term: Term(2) })
+      const history = [{ term: Term(1), lsn: START }, { term: Term(2), lsn: Lsn(firstFlush) }]
+      yield* timeline.handle({ _tag: "ProposerElected", generation: Generation(1), term: Term(2), startStreamingAt: Lsn(firstFlush), termHistory: history })
+      yield* timeline.handle({ ...appendOf(firstFlush, WAL.bytes.subarray(firstFlush - START, secondFlush - START), secondFlush), term: Term(2) })
+      expect(timeline.positions.get().lastLogTerm).toBe(2)
+      yield* waitUploaded(timeline, secondFlush)
+      yield* sleepUs(10_000)
+      problems.push(consistencyProblems(timeline.persisted, store))
+      yield* Fiber.interrupt(task)
+      return timeline.persisted
+    }), store, log)
+    const failures = log.lines.filter((line) => line.message === "partial backup failed")
+    expect(failures.map((line) => line.fields?.reason)).toEqual(["TermChanged"])
+    expect(result.partialBackup.segments.map((s) => [s.status, s.term, s.flushLsn])).toEqual([["Uploaded", 2, secondFlush]])
+    expect(result.partialBackup.segments[0]!.name).toContain("_2_")
+    expect(problems).toEqual([[]])
+    // The object of the failed round (it may mix two histories) was deleted.
+    expect(partialObjects(store)).toEqual([partialObjectPath(KEY, result.partialBackup.segments[0]!.name)])
+  })
+
+  test("entries stay bounded when uploads and deletes keep failing", () => {
+    const second = segmentNoOf(START, SEGMENT_BYTES) + 1
+    const ends = WAL.records.map((r) => r.nextLsn).filter((lsn) => segmentNoOf(lsn, SEGMENT_BYTES) === second)
+    expect(ends.length).toBeGreaterThan(PARTIAL_SEGMENTS_PENDING_MAX + 4)
+    const unavailable = (path: string) => new RemoteStorageError({ reason: "Transient", operation: "any", path, message: "503" })
+    let failing = true
+    const store = new MapStore({ beforePut: (path) => (failing ? unavailable(path) : undefined), beforeDelete: (path) => (failing ? unavailable(path) : undefined) })
+    const log = new LogLines()
+    const counts: number[] = []
+    const problems: string[][] = []
+    runLab(Effect.gen(function* () {
+      const timeline = yield* makeTimeline(ends[0]!)
+      yield* Effect.forkChild(runPartialBackup(timeline, { timeoutUs: TIMEOUT_US, nodeId: NodeId(1) }))
+      // New WAL before every round: each failed round has a new name to record.
+      for (const end of ends.slice(1)) {
+        yield* sleepUs(TIMEOUT_US + 10_000)
+        counts.push(timeline.persisted.partialBackup.segments.length)
+        yield* appendUpTo(timeline, end)
+      }
+      failing = false
+      yield* waitUploaded(timeline, ends[ends.length - 1]!)
+      yield* sleepUs(10_000)
+      counts.push(timeline.persisted.partialBackup.segments.length)
+      problems.push(consistencyProblems(timeline.persisted, store))
+    }), store, log)
+    // It grows to the bound (one new InProgress entry per failed round; nothing is Uploaded), then stays there.
+    expect(Math.max(...counts)).toBe(PARTIAL_SEGMENTS_PENDING_MAX)
+    expect(counts.slice(PARTIAL_SEGMENTS_PENDING_MAX, -1).every((count) => count === PARTIAL_SEGMENTS_PENDING_MAX)).toBe(true)
+    expect(counts[counts.length - 1]).toBe(1)
+    expect(problems).toEqual([[]])
   })
 })

@@ -38,15 +38,14 @@ import { fileBody } from "./wal-backup.js"
 
 /** `--partial-backup-timeout` (Neon's 15 minutes). */
 export const DEFAULT_PARTIAL_BACKUP_TIMEOUT_US = 15 * 60 * US_PER_SECOND
-/** Entries beyond this many that are not Uploaded are deleted before a new upload (Neon's GC at 10). */
+/** At this many entries not Uploaded, they are deleted before a new upload is recorded (Neon's GC at 10). */
 export const PARTIAL_SEGMENTS_PENDING_MAX = 10
 assert(PARTIAL_SEGMENTS_PENDING_MAX + 2 <= PARTIAL_SEGMENT_COUNT_MAX, "pending entries, the Uploaded one and a new one fit in a control file")
 
 export const PartialBackupErrorReason = Schema.Literals([
   "LocalSegmentMissing", // neither <seg>.partial nor <seg> is on disk
   "ShortRead", // the local segment ended before offset(flush_lsn)
-  "TermChanged", // last_log_term moved during the upload: the bytes may mix two histories
-  "TooManyPending" // stale objects could not be deleted; no new upload until they are
+  "TermChanged" // last_log_term moved during the upload: the bytes may mix two histories
 ])
 export type PartialBackupErrorReason = typeof PartialBackupErrorReason.Type
 
@@ -224,11 +223,11 @@ export function uploadPartial(timeline: Timeline, nodeId: NodeId): Effect.Effect
     const segmentSizeBytes = timeline.segmentSizeBytes
     const persistSegments = persistSegmentsOf(timeline)
 
-    if (deletionCandidates(timeline.persisted.partialBackup.segments).length > PARTIAL_SEGMENTS_PENDING_MAX) {
+    // Failed rounds each leave an InProgress entry: past the bound, no new one until the stale
+    // objects are deleted (a failed delete fails the round), so the control file stays small.
+    if (deletionCandidates(timeline.persisted.partialBackup.segments).length >= PARTIAL_SEGMENTS_PENDING_MAX) {
       yield* deleteStale(timeline, storage, persistSegments)
-    }
-    if (deletionCandidates(timeline.persisted.partialBackup.segments).length > PARTIAL_SEGMENTS_PENDING_MAX) {
-      return yield* new PartialBackupError({ reason: "TooManyPending", name: "", message: "stale partial objects could not be deleted" })
+      assert(deletionCandidates(timeline.persisted.partialBackup.segments).length === 0, "every stale partial entry deleted")
     }
     const positions = timeline.positions.get()
     if (!isPartialUploadNeeded(timeline.persisted.partialBackup.segments, positions)) return
