@@ -13,7 +13,9 @@ import { fileURLToPath } from "node:url"
 import { Effect, Layer, Stream } from "effect"
 import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, test } from "vitest"
-import { type RemoteObject, RemoteStorage, RemoteStorageError, type RemoteStorageErrorReason } from "../core/io/remote-storage.js"
+import { bytesBody, type RemoteObject, RemoteStorage, RemoteStorageError, type RemoteStorageErrorReason } from "../core/io/remote-storage.js"
+import { parseRemoteStorageFlag } from "../live/remote-storage-config.js"
+import { localRemoteStorageLayer } from "../live/remote-storage-local.js"
 import {
   comparePartials,
   isWalSegmentName,
@@ -21,6 +23,8 @@ import {
   parsePartialObjectName,
   pickRestoreObject,
   planRestore,
+  plainLocalRoot,
+  restoreFromLocalDirectory,
   restoreSegment,
   WAL_FETCH_ATTEMPTS_MAX,
   WAL_FETCH_EXIT_MISSING,
@@ -142,6 +146,26 @@ describe("planRestore and segment names", () => {
     for (const name of ["00000002.history", "000000010000000000000003.00000028.backup", `${SEGMENT_3}.partial`, "000000010000000000000003x", "0000000100000000000000a3", "RECOVERYXLOG"]) {
       expect(isWalSegmentName(name, SEGMENT_BYTES)).toBe(false)
     }
+  })
+})
+
+describe("plainLocalRoot (the Effect-free local path)", () => {
+  test("claims only specs that live/remote-storage-config.ts reads as that same local directory", () => {
+    const arbSpec = fc.oneof(
+      fc.string(),
+      fc.string().map((rest) => `/${rest}`),
+      fc.string().map((rest) => `local://${rest}`),
+      fc.constantFrom("s3://", "S3://", "local:/", "{", " ", "file://", "x+y://").chain((head) => fc.string().map((rest) => head + rest))
+    )
+    fc.assert(fc.property(arbSpec, (spec) => {
+      const root = plainLocalRoot(spec)
+      if (root === undefined) return true
+      const parsed = parseRemoteStorageFlag(spec)
+      return parsed._tag === "Success" && parsed.success.kind === "local" && parsed.success.root === root
+    }), { numRuns: 2000 })
+    expect(plainLocalRoot("/var/lib/sk/remote")).toBe("/var/lib/sk/remote")
+    expect(plainLocalRoot("local:///x")).toBe("/x")
+    for (const other of ["s3://bucket/p", "{ local_path = \"/x\" }", " /x", "", "ftp://x"]) expect(plainLocalRoot(other)).toBeUndefined()
   })
 })
 
@@ -296,6 +320,41 @@ describe("sk wal fetch (the built binary, local-directory store)", () => {
     // PostgreSQL's FATAL range (wait_result_is_any_signal): above 125, and not 128+SIGTERM.
     expect(result.status).toBeGreaterThan(125)
     expect(result.status).not.toBe(143)
+  })
+
+  test("the direct local read and the RemoteStorage path agree on objects the local store wrote", async () => {
+    // Goal: the Effect-free reader must not drift from live/remote-storage-local.ts's layout (a
+    // drift would turn held segments into "missing" and end recovery early). Method: write
+    // through the real store, fetch through both (a plain path is read directly; the same
+    // directory as Neon's TOML goes through remoteStorageLayer), compare statuses and bytes.
+    const root = join(directory, "agree")
+    mkdirSync(root)
+    const layer = localRemoteStorageLayer(root)
+    const put = (name: string, bytes: Uint8Array) =>
+      Effect.runPromise(Effect.provide(RemoteStorage.use((storage) => storage.put(`${PREFIX}/${name}`, bytesBody(bytes), bytes.length)), layer))
+    await put(SEGMENT_3, patternBytes(SEGMENT_BYTES, 30))
+    await put(partialName({ segmentName: SEGMENT_4, lastLogTerm: 4, flushLsn: segment4Start + 777, commitLsn: segment4Start + 700, nodeId: 2 }), patternBytes(777, 31))
+    await put(partialName({ segmentName: SEGMENT_4, lastLogTerm: 3, flushLsn: segment4Start + 999, commitLsn: segment4Start + 999, nodeId: 1 }), patternBytes(999, 32))
+    await put("000000010000000000000005", patternBytes(1000, 33))
+    const toml = `{ local_path = ${JSON.stringify(root)} }`
+    for (const segment of [SEGMENT_3, SEGMENT_4, "000000010000000000000005", "000000010000000000000006"]) {
+      const direct = fetch(segment, "direct", [], root)
+      const viaLayer = fetch(segment, "via-layer", [], toml)
+      expect([segment, direct.status]).toEqual([segment, viaLayer.status])
+      if (direct.status === WAL_FETCH_EXIT_RESTORED) {
+        expect(readFileSync(join(directory, "direct")).equals(readFileSync(join(directory, "via-layer")))).toBe(true)
+      }
+    }
+    expect(restoreFromLocalDirectory(root, { prefix: PREFIX, segmentName: SEGMENT_4, targetPath: join(directory, "direct"), segmentSizeBytes: SEGMENT_BYTES }))
+      .toMatchObject({ status: "restored", kind: "partial", meaningfulBytes: 777 })
+  })
+
+  test("a local store that does not exist is a bad argument, not a store with nothing in it", () => {
+    for (const spec of [join(directory, "no-store"), `{ local_path = ${JSON.stringify(join(directory, "no-store"))} }`]) {
+      const result = fetch(SEGMENT_3, "nothing", [], spec)
+      expect(result.status).toBe(WAL_FETCH_EXIT_USAGE)
+      expect(result.stderr).toMatch(/no-store/)
+    }
   })
 
   test("bad arguments and an unwritable target are fatal statuses too; --help exits 0", () => {

@@ -1,8 +1,9 @@
 import { type Command, InvalidArgumentError, Option } from "commander"
-import { closeSync, fsyncSync, openSync, renameSync, rmSync, writeSync } from "node:fs"
+import { closeSync, type Dirent, fsyncSync, openSync, readdirSync, readSync, renameSync, rmSync, statSync, writeSync } from "node:fs"
+import { join } from "node:path"
 // Type-only: `sk wal fetch` runs once per segment as PostgreSQL's restore_command, so its
-// module loads nothing heavy at start-up; Effect and the storage layers are imported when
-// the fetch runs (and never for `--help` or a name that is not a segment).
+// module loads nothing heavy at start-up; Effect and the storage layers are imported only by a
+// fetch that goes through them (not for a local directory, `--help` or a non-segment name).
 import type * as EffectModule from "effect/Effect"
 import type { Layer } from "effect/Layer"
 import type { RemoteObject, RemoteStorage, RemoteStorageError } from "../core/io/remote-storage.js"
@@ -59,8 +60,12 @@ export interface WalFetchOptions {
 /** Makes the storage layer for a `--remote-storage` spec; a test injects its own. */
 export type OpenRemoteStorage = (spec: string) => Promise<Layer<RemoteStorage, RemoteStorageError>>
 
-/** Registers `fetch` under `sk wal`. */
-export function registerWalFetchCommand(wal: Command, openStorage: OpenRemoteStorage = openConfiguredStorage): void {
+/**
+ * Registers `fetch` under `sk wal`. Without `openStorage`, a spec that is plainly a local
+ * directory is read directly (readLocalDirectory) and anything else goes through
+ * live/remote-storage-config.ts; with it, every fetch goes through the layer it makes.
+ */
+export function registerWalFetchCommand(wal: Command, openStorage?: OpenRemoteStorage): void {
   wal.command("fetch")
     .description("restore_command: write WAL segment <file> from the WAL service's object storage to <path> (exit 1: not held)")
     .argument("<file>", "segment file name PostgreSQL asks for (%f)")
@@ -84,26 +89,34 @@ export function registerWalFetchCommand(wal: Command, openStorage: OpenRemoteSto
 }
 
 /** The whole command: returns its exit status, with at most one line on stderr. */
-export async function runWalFetch(segmentName: string, targetPath: string, options: WalFetchOptions, openStorage: OpenRemoteStorage): Promise<number> {
+export async function runWalFetch(segmentName: string, targetPath: string, options: WalFetchOptions, openStorage?: OpenRemoteStorage): Promise<number> {
   if (!isWalSegmentName(segmentName, options.walSegSize)) {
     // History (`00000002.history`), backup labels and anything else: the WAL service holds
     // segments only, so "not found" is the truthful answer (PostgreSQL probes for histories).
     process.stderr.write(`sk wal fetch: ${segmentName}: not held (the WAL service stores WAL segments only)\n`)
     return WAL_FETCH_EXIT_MISSING
   }
-  let layer: Layer<RemoteStorage, RemoteStorageError>
-  try {
-    layer = await openStorage(options.remoteStorage)
-  } catch (error) {
-    process.stderr.write(`sk wal fetch: --remote-storage: ${messageOf(error)}\n`)
-    return WAL_FETCH_EXIT_USAGE
-  }
-  const outcome = await restoreSegment({
+  const request: RestoreRequest = {
     prefix: `${options.tenantId}/${options.timelineId}`,
     segmentName,
     targetPath,
     segmentSizeBytes: options.walSegSize
-  }, layer)
+  }
+  const localRoot = openStorage === undefined ? plainLocalRoot(options.remoteStorage) : undefined
+  let outcome: RestoreOutcome
+  if (localRoot !== undefined) {
+    const problem = localRootProblem(localRoot)
+    if (problem !== undefined) return usageError(problem)
+    outcome = restoreFromLocalDirectory(localRoot, request)
+  } else {
+    let layer: Layer<RemoteStorage, RemoteStorageError>
+    try {
+      layer = await (openStorage ?? openConfiguredStorage)(options.remoteStorage)
+    } catch (error) {
+      return usageError(messageOf(error))
+    }
+    outcome = await restoreSegment(request, layer)
+  }
   switch (outcome.status) {
     case "restored":
       return WAL_FETCH_EXIT_RESTORED
@@ -117,6 +130,11 @@ export async function runWalFetch(segmentName: string, targetPath: string, optio
       process.stderr.write(`sk wal fetch: ${segmentName}: could not write ${targetPath}: ${outcome.message}\n`)
       return WAL_FETCH_EXIT_WRITE_ERROR
   }
+}
+
+function usageError(problem: string): number {
+  process.stderr.write(`sk wal fetch: --remote-storage: ${problem}\n`)
+  return WAL_FETCH_EXIT_USAGE
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,10 +368,128 @@ function closeQuietly(fd: number): void {
 
 /** The real store for a spec (live/remote-storage-config.ts): loaded only when a fetch runs. */
 async function openConfiguredStorage(spec: string): Promise<Layer<RemoteStorage, RemoteStorageError>> {
-  const { remoteStorageLayerFromFlag } = await import("../live/remote-storage-config.js")
-  const layer = remoteStorageLayerFromFlag(spec)
-  if (layer._tag === "Failure") throw new Error(layer.failure.message)
-  return layer.success
+  const { parseRemoteStorageFlag, remoteStorageLayer } = await import("../live/remote-storage-config.js")
+  const config = parseRemoteStorageFlag(spec)
+  if (config._tag === "Failure") throw new Error(config.failure.message)
+  if (config.success.kind === "local") {
+    const problem = localRootProblem(config.success.root)
+    if (problem !== undefined) throw new Error(problem)
+  }
+  return remoteStorageLayer(config.success)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The local-directory store, read without Effect. Loading Effect and its Schema costs ~0.2 s
+// of CPU before anything happens, paid once per segment when PostgreSQL restores through a
+// local store; plain node:fs reads the same layout in a few milliseconds. The layout is
+// live/remote-storage-local.ts's (object = file `<root>/<RemotePath>`); cli/wal-fetch.test.ts
+// checks that objects that store writes come back the same through both paths, and that
+// plainLocalRoot never claims a spec live/remote-storage-config.ts reads otherwise.
+
+/**
+ * The root directory when `spec` is surely a local directory for live/remote-storage-config.ts
+ * (a path, or `local://<path>`); undefined leaves the spec to that module (S3, TOML, odd forms).
+ */
+export function plainLocalRoot(spec: string): string | undefined {
+  if (spec.length === 0 || spec.length > LOCAL_SPEC_CHARACTERS_MAX || spec !== spec.trim() || spec.includes("\0")) return undefined
+  if (spec.startsWith("{")) return undefined
+  if (spec.startsWith("local://")) return spec.length > "local://".length ? spec.slice("local://".length) : undefined
+  if (/^[A-Za-z][A-Za-z0-9+.-]*:\/\//.test(spec)) return undefined
+  return spec
+}
+const LOCAL_SPEC_CHARACTERS_MAX = 4096
+
+/**
+ * A local store whose root is absent lists nothing, so every segment would be "missing" and
+ * recovery would end at once on a mistyped path: refuse it instead.
+ */
+function localRootProblem(root: string): string | undefined {
+  try {
+    return statSync(root).isDirectory() ? undefined : `${root} is not a directory`
+  } catch (error) {
+    return `local store ${root}: ${messageOf(error)}`
+  }
+}
+
+/** restoreSegment over a local directory, synchronously: list, pick, read, write. */
+export function restoreFromLocalDirectory(root: string, request: RestoreRequest): RestoreOutcome {
+  let lastProblem = ""
+  for (let attempt = 1; attempt <= WAL_FETCH_ATTEMPTS_MAX; attempt++) {
+    let fetched: Fetched | "vanished"
+    try {
+      fetched = fetchLocalOnce(root, request)
+    } catch (error) {
+      // EACCES, EIO, ...: retrying a local disk would not help; never "missing".
+      return { status: "storage-error", message: `${root}: ${messageOf(error)}` }
+    }
+    if (fetched === "vanished") {
+      lastProblem = "the chosen object disappeared between list and get"
+      continue
+    }
+    if (fetched.status !== "fetched") return fetched
+    const written = writeSegmentFile(request.targetPath, fetched.bytes, request.segmentSizeBytes)
+    if (written !== undefined) return { status: "write-error", message: written }
+    return { status: "restored", kind: fetched.kind, objectPath: fetched.objectPath, meaningfulBytes: fetched.bytes.length }
+  }
+  return { status: "storage-error", message: `gave up after ${WAL_FETCH_ATTEMPTS_MAX} attempts: ${lastProblem}` }
+}
+
+function fetchLocalOnce(root: string, request: RestoreRequest): Fetched | "vanished" {
+  const directory = join(root, ...request.prefix.split("/"))
+  const objects: RemoteObject[] = []
+  let entries: ReadonlyArray<Dirent> = []
+  try {
+    entries = readdirSync(directory, { withFileTypes: true })
+  } catch (error) {
+    // As the local store: nothing under a missing directory.
+    if (!isErrno(error, "ENOENT") && !isErrno(error, "ENOTDIR")) throw error
+  }
+  for (const entry of entries) {
+    if (!entry.isFile() || !entry.name.startsWith(request.segmentName)) continue
+    const sizeBytes = fileSizeOrUndefined(join(directory, entry.name))
+    if (sizeBytes !== undefined) objects.push({ path: `${request.prefix}/${entry.name}`, sizeBytes })
+  }
+  const pick = pickRestoreObject(objects, request.segmentName)
+  if (pick === undefined) return { status: "missing", message: "not held by the WAL service" }
+  const plan = planRestore(pick, request.segmentSizeBytes)
+  if (plan.kind === "empty") return { status: "missing", message: plan.message }
+  if (plan.kind === "corrupt") return { status: "storage-error", message: plan.message }
+  const file = join(root, ...plan.path.split("/"))
+  let fd: number
+  try {
+    fd = openSync(file, "r")
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) return "vanished"
+    throw error
+  }
+  try {
+    const bytes = new Uint8Array(plan.meaningfulBytes)
+    let readBytes = 0
+    while (readBytes < bytes.length) {
+      const n = readSync(fd, bytes, readBytes, bytes.length - readBytes, readBytes)
+      if (n === 0) break
+      readBytes += n
+    }
+    if (readBytes !== plan.meaningfulBytes) {
+      return { status: "storage-error", message: `${plan.path}: read ${readBytes} bytes, expected ${plan.meaningfulBytes} (corrupt)` }
+    }
+    return { status: "fetched", kind: pick.kind, objectPath: plan.path, bytes }
+  } finally {
+    closeQuietly(fd)
+  }
+}
+
+function fileSizeOrUndefined(file: string): number | undefined {
+  try {
+    return statSync(file).size
+  } catch (error) {
+    if (isErrno(error, "ENOENT")) return undefined // deleted while we listed
+    throw error
+  }
+}
+
+function isErrno(error: unknown, code: string): boolean {
+  return typeof error === "object" && error !== null && "code" in error && error.code === code
 }
 
 function describeStorageError(error: RemoteStorageError): string {
