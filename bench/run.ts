@@ -8,7 +8,8 @@ const benches: ReadonlyArray<readonly [string, () => void | Promise<void>]> = [
   ["seeds", benchSeeds],
   ["sim", async () => (await import("./sim.js")).benchSim()],
   ["wal", async () => (await import("./wal.js")).benchWal()],
-  ["service", async () => (await import("./service.js")).benchService()]
+  ["service", async () => (await import("./service.js")).benchService()],
+  ["restore", async () => (await import("./restore.js")).benchRestore()]
 ]
 for (const [name, bench] of benches) {
   if (only !== undefined && only !== name) continue
