@@ -100,7 +100,8 @@ export function runWalBackup(timeline: Timeline, options: WalBackupOptions = {})
         attempt: failuresInRow,
         retry_in_us: delayUs
       }
-      // A missing segment is not a storage hiccup: something removed WAL that is not backed up.
+      // A missing segment is no storage hiccup: WAL not backed up was removed, or a filled segment
+      // was not renamed yet; either way it is retried, never skipped.
       yield* (error._tag === "SegmentUploadError" && error.reason === "Missing"
         ? logError("wal backup segment missing", fields)
         : logWarn("wal backup upload failed", fields))
