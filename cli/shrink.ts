@@ -160,7 +160,10 @@ const FaultActionSchema = Schema.Union([
   Schema.Struct({ kind: Schema.Literal("disk-errors"), atUs: Schema.Number, pick: Pick, durationUs: Schema.Number, eioOnFsyncProbability: Schema.Number, enospcOnWriteProbability: Schema.Number, eioOnWriteProbability: Schema.Number }),
   Schema.Struct({ kind: Schema.Literal("start-compute"), atUs: Schema.Number, compute: Schema.Number }),
   Schema.Struct({ kind: Schema.Literal("pause"), atUs: Schema.Number, pick: Pick, durationUs: Schema.Number }),
-  Schema.Struct({ kind: Schema.Literal("crash-pageserver"), atUs: Schema.Number, restartAfterUs: Schema.Number })
+  Schema.Struct({ kind: Schema.Literal("crash-pageserver"), atUs: Schema.Number, restartAfterUs: Schema.Number }),
+  Schema.Struct({ kind: Schema.Literal("partition-store"), atUs: Schema.Number, pick: Pick, durationUs: Schema.Number }),
+  Schema.Struct({ kind: Schema.Literal("partition-broker"), atUs: Schema.Number, pick: Pick, durationUs: Schema.Number }),
+  Schema.Struct({ kind: Schema.Literal("idle"), atUs: Schema.Number, durationUs: Schema.Number })
 ])
 
 const DiskFaultsSchema = Schema.Struct({
@@ -195,7 +198,27 @@ const ServicePlanSchema = Schema.Struct({
   clockDriftPpmMax: Schema.optional(Schema.Number),
   breakProbabilityPerChunk: Schema.optional(Schema.Number),
   chunkDelayTail: Schema.optional(Schema.Struct({ probability: Schema.Number, delayUs: Range })),
-  capacityLimit: Schema.optional(Schema.Struct({ pick: Pick, capacityBytes: Schema.Number }))
+  capacityLimit: Schema.optional(Schema.Struct({ pick: Pick, capacityBytes: Schema.Number })),
+  offload: Schema.optional(Schema.Struct({
+    storeFaults: Schema.Struct({
+      requestLatencyUs: Range,
+      uploadBytesPerSecond: Schema.optional(Schema.Number),
+      downloadBytesPerSecond: Schema.optional(Schema.Number),
+      transientErrorProbability: Schema.Number,
+      lostAckProbability: Schema.Number,
+      requestTimeoutUs: Schema.Number
+    }),
+    brokerFaults: Schema.Struct({
+      publishLatencyUs: Range,
+      deliveryLagUs: Range,
+      dropProbability: Schema.Number,
+      duplicateProbability: Schema.Number,
+      timeoutUs: Schema.Number
+    }),
+    partialBackupTimeoutUs: Schema.Number,
+    eviction: Schema.Boolean,
+    peerRecovery: Schema.Boolean
+  }))
 })
 
 const PlanFileSchema = Schema.Struct({

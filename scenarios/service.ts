@@ -4,12 +4,17 @@ import type { Disk } from "../core/io/disk.js"
 import { Log, type LogFields, type LogLevel } from "../core/io/log.js"
 import type { Net } from "../core/io/net.js"
 import { defaultInitialLsn, PG_VERSION_NUM_DEFAULT } from "../core/proposer/machine.js"
+import { Broker } from "../core/io/broker.js"
+import { RemoteStorage } from "../core/io/remote-storage.js"
 import { runSafekeeper, SafekeeperFatalError } from "../core/server/safekeeper.js"
+import type { BackgroundConfig } from "../core/timeline/manager.js"
 import { formatLsn } from "../core/wal/lsn.js"
 import { computeProgram, type ComputeOptions } from "../sim/compute.js"
+import { type BrokerFaults, SimBroker } from "../sim/broker.js"
 import { NO_DISK_FAULTS, type DiskFaults } from "../sim/disk.js"
 import type { Incarnation } from "../sim/kernel.js"
 import { DEFAULT_NET_FAULTS, type NetFaults } from "../sim/net.js"
+import { type ObjectStoreFaults, SimObjectStore } from "../sim/object-store.js"
 import { pageserverProgram } from "../sim/pageserver.js"
 import { ServiceChecker } from "../sim/service-checker.js"
 import { EFFECT_VERSION } from "../sim/version.js"
@@ -42,6 +47,12 @@ export type FaultAction =
   | { readonly kind: "start-compute"; readonly atUs: number; readonly compute: number }
   | { readonly kind: "pause"; readonly atUs: number; readonly pick: number; readonly durationUs: number }
   | { readonly kind: "crash-pageserver"; readonly atUs: number; readonly restartAfterUs: number }
+  /** Object storage unreachable from one safekeeper for a while (its requests time out). */
+  | { readonly kind: "partition-store"; readonly atUs: number; readonly pick: number; readonly durationUs: number }
+  /** The broker unreachable from one safekeeper for a while (publishes lost, subscription fails). */
+  | { readonly kind: "partition-broker"; readonly atUs: number; readonly pick: number; readonly durationUs: number }
+  /** Every compute stops for a while (an idle timeline: eviction's chance), then they restart. */
+  | { readonly kind: "idle"; readonly atUs: number; readonly durationUs: number }
 
 export interface ServicePlan {
   /** The fault families and levels this plan was drawn with, printed at the start of the run. */
@@ -71,6 +82,19 @@ export interface ServicePlan {
   readonly chunkDelayTail?: { readonly probability: number; readonly delayUs: readonly [number, number] }
   /** One safekeeper's disk holds only this much until the liveness phase (the operator then grows it). */
   readonly capacityLimit?: { readonly pick: number; readonly capacityBytes: number }
+  /**
+   * Object storage and the broker (the timeline's life after the quorum): WAL backup by the
+   * elected offloader, partial backup, WAL removal, eviction; absent, WAL stays on local disk.
+   */
+  readonly offload?: OffloadPlan
+}
+
+export interface OffloadPlan {
+  readonly storeFaults: ObjectStoreFaults
+  readonly brokerFaults: BrokerFaults
+  readonly partialBackupTimeoutUs: number
+  readonly eviction: boolean
+  readonly peerRecovery: boolean
 }
 
 export const TENANT = TenantId("0123456789abcdef0123456789abcdef")
@@ -88,7 +112,17 @@ const LOG_MARKS: ReadonlyArray<readonly [string, string]> = [
   ["push failed", "push-refused"],
   ["timeline failed to load", "timeline-failed-to-load"],
   ["pageserver switched safekeeper", "pageserver-switched-safekeeper"],
-  ["pageserver backoff reset", "pageserver-backoff-reset"]
+  ["pageserver backoff reset", "pageserver-backoff-reset"],
+  ["wal backup segment uploaded", "wal-backup-uploaded"],
+  ["partial backup uploaded", "partial-backup-uploaded"],
+  ["partial backup replaced", "partial-backup-replaced"],
+  ["wal removed", "wal-removed"],
+  ["timeline evicted", "timeline-evicted"],
+  ["timeline unevicted", "timeline-unevicted"],
+  ["wal read from object storage", "on-demand-download"],
+  ["wal read refused: segment removed", "removal-raced-lagging-reader"],
+  ["peer recovery started", "peer-recovery-started"],
+  ["broker subscription ended", "broker-subscription-lost"]
 ]
 const PAGESERVER = "pageserver"
 
@@ -150,8 +184,11 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
         ? computeProgram(node, life, checker, computeOptions, () => ++runNo)
         : node === PAGESERVER
           ? pageserverNode(life)
-          : safekeeperProgram(node, created)
-      return withLogMarks(life, logMarks, program)
+          : withOffload(node, life, safekeeperProgram(node, created))
+      return withLogMarks(life, logMarks, program, (message) => {
+        if (message === "wal backup started") offloaders.add(node)
+        if (offloaders.size > 1) logMarks.add("offloader-handover")
+      })
     },
     clockDriftPpmMax: plan.clockDriftPpmMax ?? 0,
     diskFaults,
@@ -163,8 +200,18 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
     traceHeader: [`scenario ${name}`, `seed ${seed}`, `effect ${EFFECT_VERSION}`, `config ${plan.config}`, `actions ${plan.actions.length}`],
     crashExempt: computes
   })
-  const checker = new ServiceChecker(world, { safekeepers: safekeepers.map((node, i) => ({ node, address: addresses[i]! })), timelineDir: TIMELINE_DIR, segmentSizeBytes: plan.segmentSizeBytes }, recordTimeline)
   const kernel = world.kernel
+  const offload = plan.offload
+  const store = offload === undefined ? undefined : new SimObjectStore(kernel, offload.storeFaults)
+  const broker = offload === undefined ? undefined : new SimBroker(kernel, offload.brokerFaults)
+  const checker = new ServiceChecker(world, {
+    safekeepers: safekeepers.map((node, i) => ({ node, address: addresses[i]! })),
+    timelineDir: TIMELINE_DIR,
+    segmentSizeBytes: plan.segmentSizeBytes,
+    ...(store === undefined ? {} : { objectStore: store, objectPrefix: `${TENANT}/${TIMELINE}` })
+  }, recordTimeline)
+  /** Which safekeepers ran the WAL backup (the offloader), to see a hand-over. */
+  const offloaders = new Set<string>()
   const fault = (kind: string, nodes: ReadonlyArray<string>, detail?: string) => {
     if (recordTimeline) faults.push({ atUs: kernel.nowUs, kind, nodes, ...(detail !== undefined ? { detail } : {}) })
     kernel.log("nemesis", `${kind} ${nodes.join(",")}${detail !== undefined ? ` ${detail}` : ""}`)
@@ -272,6 +319,30 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
         restartAfter(PAGESERVER, action.restartAfterUs)
         return
       }
+      case "partition-store": {
+        const node = pickOf(up(safekeepers), action.pick)
+        if (node === undefined || store === undefined) return
+        fault("partition-store", [node], `${action.durationUs} us`)
+        store.partition(node)
+        kernel.after(action.durationUs, () => store.heal(node), undefined)
+        return
+      }
+      case "partition-broker": {
+        const node = pickOf(up(safekeepers), action.pick)
+        if (node === undefined || broker === undefined) return
+        fault("partition-broker", [node], `${action.durationUs} us`)
+        broker.partition(node)
+        kernel.after(action.durationUs, () => broker.heal(node), undefined)
+        return
+      }
+      case "idle": {
+        const running = up([...startedComputes])
+        if (running.length === 0) return
+        fault("idle", running, `${action.durationUs} us`)
+        for (const node of running) world.crash(node, "nemesis: computes stop (idle timeline)")
+        for (const node of running) restartAfter(node, action.durationUs)
+        return
+      }
       case "start-compute": {
         const node = computes[action.compute]
         if (node === undefined || startedComputes.has(node)) return
@@ -301,6 +372,10 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
   fault("liveness-phase", [])
   world.net.healAll()
   world.net.stopChunkFaults()
+  store?.healAll()
+  store?.stopFaults()
+  broker?.healAll()
+  broker?.stopFaults()
   for (const node of safekeepers) {
     world.disk(node).setFaults(diskFaults)
     if (!world.isUp(node)) world.start(node)
@@ -329,6 +404,7 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
 
   for (const node of safekeepers) world.crash(node, "end of run")
   checker.finalDiskChecks()
+  checker.finalObjectStoreChecks()
   const marks = new Set([...checker.marks, ...logMarks])
   if (world.stats.operationCrashes > 0) marks.add("crash-between-operations")
   if (checker.elections > 1) marks.add("re-election")
@@ -379,9 +455,33 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
     })
   }
 
+  /** A safekeeper's view of object storage and the broker, fenced to its life. */
+  function withOffload<A, E, R>(node: string, life: Incarnation, program: Effect.Effect<A, E, R>) {
+    if (store === undefined || broker === undefined) return program
+    return program.pipe(
+      Effect.provideService(RemoteStorage, store.service(life, node)),
+      Effect.provideService(Broker, broker.service(life, node))
+    )
+  }
+
   function safekeeperProgram(node: string, createdOn: Set<string>) {
     const nodeId = NodeId(Number(node.slice(2)))
-    const serve = Effect.scoped(runSafekeeper({ nodeId, datadir: DATADIR, listenPg: `${node}:${PG_PORT}`, noSync: false }, ({ registry }) =>
+    const background: BackgroundConfig | undefined = offload === undefined ? undefined : {
+      nodeId,
+      walBackup: { parallelJobs: 2, maxOffloaderLagBytes: 4 * plan.segmentSizeBytes },
+      partialBackup: { timeoutUs: offload.partialBackupTimeoutUs },
+      heartbeatTimeoutUs: 1_000_000,
+      controlFileSaveIntervalUs: 2_000_000,
+      walsendersKeepHorizon: false,
+      peerRecovery: offload.peerRecovery,
+      eviction: offload.eviction ? { deleteOffloadedWal: true, minResidentUs: 500_000 } : undefined,
+      safekeeperConnstr: `${node}:${PG_PORT}`,
+      httpConnstr: "",
+      availabilityZone: "",
+      tickUs: 200_000,
+      brokerPushIntervalUs: 250_000
+    }
+    const serve = Effect.scoped(runSafekeeper({ nodeId, datadir: DATADIR, listenPg: `${node}:${PG_PORT}`, noSync: false, ...(background === undefined ? {} : { background }) }, ({ registry }) =>
       createdOn.has(node)
         ? Effect.void
         : Effect.gen(function* () {
@@ -406,12 +506,15 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
 }
 
 /** Passes log events on, and turns the ones LOG_MARKS names into coverage marks. */
-function withLogMarks<A, E, R>(life: Incarnation, marks: Set<string>, program: Effect.Effect<A, E, R>): Effect.Effect<A, E, R | Log> {
+function withLogMarks<A, E, R>(life: Incarnation, marks: Set<string>, program: Effect.Effect<A, E, R>, onMessage?: (message: string) => void): Effect.Effect<A, E, R | Log> {
   return Effect.gen(function* () {
     const inner = yield* Log
     return yield* Effect.provideService(program, Log, Log.of({
       emit: (level: LogLevel, message: string, fields?: LogFields) => {
-        if (life.alive) for (const [text, mark] of LOG_MARKS) if (message === text) marks.add(mark)
+        if (life.alive) {
+          for (const [text, mark] of LOG_MARKS) if (message === text) marks.add(mark)
+          onMessage?.(message)
+        }
         return inner.emit(level, message, fields)
       }
     }))

@@ -183,6 +183,7 @@ const SIMPLIFICATIONS: ReadonlyArray<Simplification> = [
   ["no pageserver", noPageserver],
   ["no per-chunk faults", (plan) => (plan.breakProbabilityPerChunk ?? 0) > 0 || plan.chunkDelayTail !== undefined ? [{ ...withoutKeys(plan, "chunkDelayTail"), breakProbabilityPerChunk: 0 }] : []],
   ["no full disk", (plan) => plan.capacityLimit !== undefined ? [withoutKeys(plan, "capacityLimit")] : []],
+  ["no object storage faults", noOffloadFaults],
   ["lower WAL rate", lowerRate]
 ]
 
@@ -225,6 +226,9 @@ export function targetsOf(action: FaultAction, safekeeperCount: number): Readonl
     case "break": return ["computes", sk(action.pickB)]
     case "start-compute": return [`compute${action.compute + 1}`]
     case "crash-pageserver": return ["pageserver"]
+    case "partition-store": return [sk(action.pick), "object-store"]
+    case "partition-broker": return [sk(action.pick), "broker"]
+    case "idle": return ["computes"]
   }
 }
 
@@ -238,6 +242,25 @@ function shorterFaultPhase(plan: ServicePlan): ReadonlyArray<ServicePlan> {
 function noPageserver(plan: ServicePlan): ReadonlyArray<ServicePlan> {
   if (plan.pageserver !== true) return []
   return [{ ...plan, pageserver: false, actions: plan.actions.filter((a) => a.kind !== "crash-pageserver") }]
+}
+
+/** Object storage and broker without faults (and no store or broker partitions). */
+function noOffloadFaults(plan: ServicePlan): ReadonlyArray<ServicePlan> {
+  const offload = plan.offload
+  if (offload === undefined) return []
+  const faulty = offload.storeFaults.transientErrorProbability > 0 || offload.storeFaults.lostAckProbability > 0 ||
+    offload.brokerFaults.dropProbability > 0 || offload.brokerFaults.duplicateProbability > 0 ||
+    plan.actions.some((a) => a.kind === "partition-store" || a.kind === "partition-broker")
+  if (!faulty) return []
+  return [{
+    ...plan,
+    offload: {
+      ...offload,
+      storeFaults: { ...offload.storeFaults, transientErrorProbability: 0, lostAckProbability: 0 },
+      brokerFaults: { ...offload.brokerFaults, dropProbability: 0, duplicateProbability: 0 }
+    },
+    actions: plan.actions.filter((a) => a.kind !== "partition-store" && a.kind !== "partition-broker")
+  }]
 }
 
 function lowerRate(plan: ServicePlan): ReadonlyArray<ServicePlan> {

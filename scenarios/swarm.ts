@@ -1,6 +1,6 @@
 import { SwarmConfig } from "../sim/swarm.js"
 import type { Scenario } from "./scenario.js"
-import { type FaultAction, runService, type ServicePlan } from "./service.js"
+import { type FaultAction, type OffloadPlan, runService, type ServicePlan } from "./service.js"
 
 /**
  * The swarm scenario over the whole service, the default of `sk sim sweep`: every seed draws
@@ -50,6 +50,39 @@ export function swarmPlan(seed: number): ServicePlan {
   if (pageserver) for (let i = count("pageserver-crash", 1, 3); i > 0; i--) actions.push({ kind: "crash-pageserver", atUs: at(), restartAfterUs: swarm.intBetween(20_000, 300_000) })
   const wipe = swarm.level("disk-loss")
   if (wipe === "frequent" || (wipe === "rare" && swarm.float() < 0.5)) actions.push({ kind: "wipe", atUs: at(), pick: swarm.float(), restartAfterUs: swarm.intBetween(20_000, 300_000) })
+  // Object storage and the broker (WAL backup, partial backup, removal, eviction) in most runs.
+  const offloadOn = swarm.float() < 0.8
+  swarm.note("offload", String(offloadOn))
+  let offload: OffloadPlan | undefined
+  if (offloadOn) {
+    const storeFaults = swarm.level("store-faults")
+    const brokerFaults = swarm.level("broker-faults")
+    const slowUploads = swarm.level("slow-uploads")
+    offload = {
+      storeFaults: {
+        requestLatencyUs: [1_000, 20_000],
+        ...(slowUploads === "off" ? {} : { uploadBytesPerSecond: slowUploads === "rare" ? 4 * 1024 * 1024 : 512 * 1024 }),
+        transientErrorProbability: storeFaults === "off" ? 0 : storeFaults === "rare" ? 0.02 : 0.15,
+        lostAckProbability: storeFaults === "off" ? 0 : storeFaults === "rare" ? 0.02 : 0.1,
+        requestTimeoutUs: 500_000
+      },
+      brokerFaults: {
+        publishLatencyUs: [200, 2_000],
+        deliveryLagUs: brokerFaults === "off" ? [200, 2_000] : [1_000, brokerFaults === "rare" ? 100_000 : 800_000],
+        dropProbability: brokerFaults === "off" ? 0 : brokerFaults === "rare" ? 0.05 : 0.3,
+        duplicateProbability: brokerFaults === "off" ? 0 : 0.05,
+        timeoutUs: 1_000_000
+      },
+      partialBackupTimeoutUs: swarm.intBetween(200_000, 1_000_000),
+      eviction: swarm.float() < 0.6,
+      peerRecovery: swarm.float() < 0.3
+    }
+    swarm.note("eviction", String(offload.eviction))
+    swarm.note("peer-recovery", String(offload.peerRecovery))
+    for (let i = count("store-partition", 1, 3); i > 0; i--) actions.push({ kind: "partition-store", atUs: at(), pick: swarm.float(), durationUs: swarm.intBetween(100_000, 1_500_000) })
+    for (let i = count("broker-partition", 1, 3); i > 0; i--) actions.push({ kind: "partition-broker", atUs: at(), pick: swarm.float(), durationUs: swarm.intBetween(100_000, 2_000_000) })
+    for (let i = count("idle", 1, 2); i > 0; i--) actions.push({ kind: "idle", atUs: at(), durationUs: swarm.intBetween(1_000_000, 3_000_000) })
+  }
   actions.sort((a, b) => a.atUs - b.atUs)
   const delayMaxUs = swarm.pick("net-delay", 1_000, 10_000)
   const slowFsync = swarm.level("slow-fsync")
@@ -69,6 +102,7 @@ export function swarmPlan(seed: number): ServicePlan {
     syncFirst: swarm.float() < 2 / 3,
     segmentSizeBytes: 1024 * 1024,
     pageserver,
+    ...(offload === undefined ? {} : { offload }),
     clockDriftPpmMax: swarm.pick("clock-drift", 200, 20_000),
     breakProbabilityPerChunk: swarm.pick("chunk-breaks", 0.0005, 0.003),
     ...(swarm.level("delay-tail") === "off" ? {} : { chunkDelayTail: { probability: 0.01, delayUs: [20_000, 300_000] as const } }),

@@ -1,12 +1,14 @@
 import { Effect, Layer, Result } from "effect"
 import { decodeControlFile } from "../core/acceptor/control-file.js"
-import type { TermHistory } from "../core/acceptor/state.js"
+import type { PersistedState, TermHistory } from "../core/acceptor/state.js"
+import { parsePartialObjectName } from "../core/timeline/remote-layout.js"
 import { firstByteDifference } from "../core/bytes.js"
 import { SafekeeperTransport, type SafekeeperLink } from "../core/proposer/transport.js"
 import type { AcceptorMessage, ProposerMessage } from "../core/protocol/consensus.js"
-import { formatLsn, segmentFileName, segmentNoOf, segmentStartLsn } from "../core/wal/lsn.js"
+import { formatLsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn } from "../core/wal/lsn.js"
 import { PagedContent } from "./disk-content.js"
 import type { Incarnation } from "./kernel.js"
+import type { SimObjectStore } from "./object-store.js"
 import type { World } from "./world.js"
 
 /**
@@ -27,13 +29,23 @@ import type { World } from "./world.js"
  * - `ack-after-fsync`: after a crash, the WAL a safekeeper acknowledged as flushed in its current
  *   term is on its disk;
  * - `no-vote-after-disk-loss`: a safekeeper that lost its disk grants no vote for the timeline;
- * - `consumer-wal-stable`: every WAL byte a consumer received is committed WAL, unchanged.
+ * - `consumer-wal-stable`: every WAL byte a consumer received is committed WAL, unchanged;
+ * - `backup-matches-log` (item 8): every full segment in object storage is committed WAL, byte
+ *   for byte; a partial object is exactly its flush_lsn long and holds what the terms of its
+ *   last_log_term's history wrote, never more than they sent;
+ * - `removed-before-backup`: a segment gone from a safekeeper's disk below its persisted
+ *   commit_lsn (WAL removal, eviction) is in object storage whole;
+ * - `restore-sees-committed-log`: the partial a restore picks for the last segment (the newest
+ *   by its name's term, flush and commit, as `sk wal fetch` does) agrees with the committed log.
  */
 export interface ServiceCheckerOptions {
   /** Safekeeper node names, and the address computes reach each at. */
   readonly safekeepers: ReadonlyArray<{ readonly node: string; readonly address: string }>
   readonly timelineDir: string
   readonly segmentSizeBytes: number
+  /** The world's object store and the timeline's prefix in it, when the run offloads WAL. */
+  readonly objectStore?: SimObjectStore
+  readonly objectPrefix?: string
 }
 
 export class ServiceChecker {
@@ -387,7 +399,7 @@ export class ServiceChecker {
     const history = acked === undefined ? undefined : this.historyByTerm.get(acked.term)
     if (acked !== undefined && history !== undefined) {
       const start = Math.max(this.timelineStartLsn, state.localStartLsn)
-      const problem = this.compareDisk(node, start, acked.flushLsn, history, acked.term, "ack-after-fsync", "acknowledged as flushed")
+      const problem = this.compareDisk(node, start, acked.flushLsn, history, acked.term, "ack-after-fsync", "acknowledged as flushed", state)
       if (problem) this.marks.add("ack-check-failed")
       else if (acked.flushLsn > start) this.marks.add("acked-wal-survived-crash")
     }
@@ -408,17 +420,19 @@ export class ServiceChecker {
    * The node's durable WAL over [fromLsn, toLsn) against what the owning terms of `history`
    * sent; true when a violation was reported.
    */
-  private compareDisk(node: string, fromLsn: number, toLsn: number, history: TermHistory, term: number, invariant: string, what: string): boolean {
+  private compareDisk(node: string, fromLsn: number, toLsn: number, history: TermHistory, term: number, invariant: string, what: string, state: PersistedState): boolean {
     const disk = this.world.disk(node)
     const segmentBytes = this.options.segmentSizeBytes
     for (let lsn = fromLsn; lsn < toLsn;) {
       const segmentNo = segmentNoOf(lsn, segmentBytes)
       const name = segmentFileName(1, segmentNo, segmentBytes)
-      const file = disk.readFileNow(`${this.options.timelineDir}/${name}`) ?? disk.readFileNow(`${this.options.timelineDir}/${name}.partial`)
+      const file = disk.readFileNow(`${this.options.timelineDir}/${name}`) ?? disk.readFileNow(`${this.options.timelineDir}/${name}.partial`) ??
+        this.offloadedSegment(node, segmentNo, state, term)
       if (file === undefined) {
         this.violation(invariant, node, term, lsn, `segment ${name} with WAL ${what} up to ${formatLsn(toLsn)} is missing from disk`)
         return true
       }
+      if (file === "violated") return true
       const end = Math.min(toLsn, segmentStartLsn(segmentNo + 1, segmentBytes))
       const offset = lsn - segmentStartLsn(segmentNo, segmentBytes)
       const found = file.subarray(offset, offset + (end - lsn))
@@ -430,6 +444,131 @@ export class ServiceChecker {
       lsn = end
     }
     return false
+  }
+
+  /**
+   * A segment that is not on the node's disk but may rightly be elsewhere: below the persisted
+   * commit_lsn's segment WAL removal may have taken it, and then object storage must hold it
+   * whole; an evicted timeline's last segment is its uploaded partial. "violated" when the
+   * segment was removed without being backed up (reported here).
+   */
+  private offloadedSegment(node: string, segmentNo: number, state: PersistedState, term: number): Uint8Array | "violated" | undefined {
+    const store = this.options.objectStore
+    if (store === undefined) return undefined
+    const segmentBytes = this.options.segmentSizeBytes
+    const name = segmentFileName(1, segmentNo, segmentBytes)
+    const offloadedAt = state.evictionState._tag === "Offloaded" ? state.evictionState.flushLsn : undefined
+    if (offloadedAt !== undefined && segmentNo === segmentNoOf(offloadedAt, segmentBytes)) {
+      const uploaded = state.partialBackup.segments.find((segment) => segment.status === "Uploaded")
+      const object = uploaded === undefined ? undefined : store.object(`${this.options.objectPrefix}/${uploaded.name}`)
+      if (object === undefined) {
+        this.violation("removed-before-backup", node, term, offloadedAt, `evicted at ${formatLsn(offloadedAt)}, but its uploaded partial ${uploaded?.name ?? "(none recorded)"} is not in object storage`)
+        return "violated"
+      }
+      this.marks.add("checked-evicted-wal")
+      const padded = new Uint8Array(segmentBytes)
+      padded.set(object.subarray(0, segmentBytes))
+      return padded
+    }
+    if (segmentNo >= segmentNoOf(offloadedAt ?? state.commitLsn, segmentBytes)) return undefined
+    const object = store.object(`${this.options.objectPrefix}/${name}`)
+    if (object === undefined) {
+      this.violation("removed-before-backup", node, term, segmentStartLsn(segmentNo, segmentBytes), `segment ${name} is gone from disk but not in object storage`)
+      return "violated"
+    }
+    this.marks.add("checked-removed-wal")
+    return object
+  }
+
+  /**
+   * Object storage against the committed log (DESIGN.md §6 item 8), at the end of the run:
+   * full segments are committed WAL byte for byte; partials are exactly as long as their
+   * flush_lsn says and hold what their last_log_term's history wrote; the partial a restore
+   * picks for the newest segment agrees with the committed log up to its commit_lsn.
+   */
+  finalObjectStoreChecks(): void {
+    const store = this.options.objectStore
+    if (store === undefined) return
+    const segmentBytes = this.options.segmentSizeBytes
+    const prefix = `${this.options.objectPrefix}/`
+    const partials: Array<{ readonly fields: NonNullable<ReturnType<typeof parsePartialObjectName>>; readonly bytes: Uint8Array; readonly name: string }> = []
+    for (const path of store.paths(prefix)) {
+      const name = path.slice(prefix.length)
+      const bytes = store.object(path)!
+      const fields = parsePartialObjectName(name, segmentBytes)
+      if (fields !== undefined) {
+        partials.push({ fields, bytes, name })
+        continue
+      }
+      const segmentNo = segmentNoFromName(name, segmentBytes)
+      if (segmentNo === undefined) {
+        this.violation("backup-matches-log", "object-store", undefined, undefined, `unexpected object ${path}`)
+        continue
+      }
+      const start = segmentStartLsn(segmentNo, segmentBytes)
+      const end = start + segmentBytes
+      if (bytes.byteLength !== segmentBytes) {
+        this.violation("backup-matches-log", "object-store", undefined, start, `segment object ${name} is ${bytes.byteLength} bytes, not ${segmentBytes}`)
+        continue
+      }
+      if (end > this.maxCommitLsn) {
+        this.violation("backup-matches-log", "object-store", undefined, end, `segment ${name} uploaded whole, but commit_lsn never passed ${formatLsn(this.maxCommitLsn)}`)
+        continue
+      }
+      const from = Math.max(start, this.timelineStartLsn)
+      const expected = this.committed.read(from, end - from)
+      const found = bytes.subarray(from - start)
+      const differs = firstByteDifference(found, expected)
+      if (differs !== undefined || expected.byteLength < end - from) {
+        this.violation("backup-matches-log", "object-store", undefined, from + (differs ?? expected.byteLength), `segment object ${name} differs from the committed log`)
+        continue
+      }
+      this.marks.add("backup-segment-checked")
+    }
+    for (const { fields, bytes, name } of partials) {
+      const start = segmentStartLsn(fields.segmentNo, segmentBytes)
+      const length = segmentOffsetOf(fields.flushLsn, segmentBytes)
+      if (segmentNoOf(fields.flushLsn, segmentBytes) !== fields.segmentNo || bytes.byteLength !== length || fields.commitLsn > fields.flushLsn) {
+        this.violation("backup-matches-log", "object-store", fields.lastLogTerm, fields.flushLsn, `partial ${name} is ${bytes.byteLength} bytes; its name says flush ${formatLsn(fields.flushLsn)}, commit ${formatLsn(fields.commitLsn)}`)
+        continue
+      }
+      const history = this.historyByTerm.get(fields.lastLogTerm)
+      if (history === undefined) continue
+      const from = Math.max(start, this.timelineStartLsn)
+      if (!this.checkOwned(history, from, bytes.subarray(from - start), `sk${fields.nodeId}`, fields.lastLogTerm, `partial ${name}`, "backup-matches-log")) continue
+      // Never more than the owning terms sent: a partial claiming unflushed WAL would hold zeros there.
+      const owner = ownerOf(history, fields.flushLsn - 1)
+      const sentEnd = this.sentEndOf(owner.term)
+      if (sentEnd !== undefined && fields.flushLsn > sentEnd) {
+        this.violation("backup-matches-log", "object-store", fields.lastLogTerm, fields.flushLsn, `partial ${name} claims WAL up to ${formatLsn(fields.flushLsn)}; term ${owner.term} sent only up to ${formatLsn(sentEnd)}`)
+        continue
+      }
+      this.marks.add("partial-object-checked")
+    }
+    // What a restore (sk wal fetch) would take for the newest segment with partials.
+    const newestSegment = Math.max(-1, ...partials.map((p) => p.fields.segmentNo))
+    const candidates = partials.filter((p) => p.fields.segmentNo === newestSegment)
+    candidates.sort((a, b) => b.fields.lastLogTerm - a.fields.lastLogTerm || b.fields.flushLsn - a.fields.flushLsn || b.fields.commitLsn - a.fields.commitLsn)
+    const picked = candidates[0]
+    if (picked !== undefined) {
+      const start = Math.max(segmentStartLsn(newestSegment, segmentBytes), this.timelineStartLsn)
+      const end = Math.min(picked.fields.commitLsn, this.maxCommitLsn)
+      if (end > start) {
+        const expected = this.committed.read(start, end - start)
+        const found = picked.bytes.subarray(start - segmentStartLsn(newestSegment, segmentBytes), end - segmentStartLsn(newestSegment, segmentBytes))
+        const differs = firstByteDifference(found, expected)
+        if (differs !== undefined) {
+          this.violation("restore-sees-committed-log", "object-store", picked.fields.lastLogTerm, start + differs, `the partial a restore picks (${picked.name}) differs from the committed log`)
+        } else {
+          this.marks.add("restore-partial-checked")
+        }
+      }
+    }
+  }
+
+  /** The end of what a term's proposer sent (undefined: nothing seen). */
+  private sentEndOf(term: number): number | undefined {
+    return this.sentByTerm.get(term)?.sizeBytes
   }
 
   /**
@@ -451,12 +590,12 @@ export class ServiceChecker {
       const start = Math.max(this.timelineStartLsn, state.localStartLsn)
       if (reached > start) {
         const committedHistory = this.historyByTerm.get(this.latestTerm)
-        if (committedHistory !== undefined && this.compareDisk(node, start, reached, committedHistory, this.latestTerm, "commit-durability", "committed")) continue
+        if (committedHistory !== undefined && this.compareDisk(node, start, reached, committedHistory, this.latestTerm, "commit-durability", "committed", state)) continue
       }
       const history = state.acceptorState.termHistory
       const lastLogTerm = history.length === 0 ? 0 : history[history.length - 1]!.term
       const flushed = this.flushByTerm.get(lastLogTerm)?.get(address) ?? 0
-      if (history.length > 0 && flushed > start) this.compareDisk(node, start, flushed, history, lastLogTerm, "log-matching", `flushed in term ${lastLogTerm}`)
+      if (history.length > 0 && flushed > start) this.compareDisk(node, start, flushed, history, lastLogTerm, "log-matching", `flushed in term ${lastLogTerm}`, state)
     }
   }
 
@@ -469,6 +608,16 @@ export class ServiceChecker {
     if (this.maxCommitLsn <= sinceCommit) return false
     return nodes.every((node) => this.flushInLatestTerm(node) >= this.maxCommitLsn)
   }
+}
+
+/** The segment number of a full segment's file name, or undefined. */
+function segmentNoFromName(name: string, segmentSizeBytes: number): number | undefined {
+  const match = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/.exec(name)
+  if (match === null || parseInt(match[1]!, 16) !== 1) return undefined
+  const perXlogId = 0x1_0000_0000 / segmentSizeBytes
+  const low = parseInt(match[3]!, 16)
+  if (low >= perXlogId) return undefined
+  return parseInt(match[2]!, 16) * perXlogId + low
 }
 
 /** The term that wrote `lsn` according to `history`, and where its stretch ends. */

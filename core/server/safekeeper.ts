@@ -1,8 +1,11 @@
-import { Deferred, Effect, Result, Schema } from "effect"
+import { Deferred, Effect, Option, Result, Schema } from "effect"
 import type { NodeId } from "../acceptor/state.js"
 import { Disk, type DiskError, joinPath, parentPath } from "../io/disk.js"
 import { type Log, logError, logInfo, logWarn } from "../io/log.js"
 import { Net, type NetError } from "../io/net.js"
+import { RemoteStorage } from "../io/remote-storage.js"
+import { runBackground } from "../timeline/background.js"
+import type { BackgroundConfig } from "../timeline/manager.js"
 import { isIoFailure, NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
 import { describeError, handleConnection } from "./connection.js"
 
@@ -21,6 +24,11 @@ export interface SafekeeperConfig {
   readonly noSync: boolean
   /** Connections served at once; more wait in the listener's accept queue. */
   readonly connectionCountMax?: number
+  /**
+   * Timeline managers and the broker agent (backup, removal, partial backup, peer recovery);
+   * undefined: none run (WAL stays on local disk, nothing is published).
+   */
+  readonly background?: BackgroundConfig
 }
 
 export const CONNECTION_COUNT_MAX_DEFAULT = 1000
@@ -50,7 +58,13 @@ export const runSafekeeper = <E = never, R = never>(
 ) =>
   Effect.gen(function* () {
     yield* checkNodeId(config)
-    const registry = yield* TimelineRegistry.load({ datadir: config.datadir, nodeId: config.nodeId, noSync: config.noSync }).pipe(
+    const remote = yield* Effect.serviceOption(RemoteStorage)
+    const registry = yield* TimelineRegistry.load({
+      datadir: config.datadir,
+      nodeId: config.nodeId,
+      noSync: config.noSync,
+      ...(Option.isSome(remote) ? { remote: remote.value } : {})
+    }).pipe(
       Effect.catchIf(isIoFailure, (error) => Effect.fail(new SafekeeperFatalError({ message: `loading timelines: ${describeError(error)}` })))
     )
     const net = yield* Net
@@ -64,6 +78,7 @@ export const runSafekeeper = <E = never, R = never>(
     const fatalError = yield* Deferred.make<never, SafekeeperFatalError>()
     const fatal = (reason: string) =>
       Effect.asVoid(Effect.andThen(logError("fatal disk failure: stopping the safekeeper", { reason }), Deferred.fail(fatalError, new SafekeeperFatalError({ message: reason }))))
+    if (config.background !== undefined) yield* Effect.forkScoped(runBackground(registry, config.background, fatal))
     const serve = Effect.forever(Effect.gen(function* () {
       const connection = yield* listener.accept
       const connectionId = nextConnectionId++
