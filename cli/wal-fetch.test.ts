@@ -14,6 +14,9 @@ import { Effect, Layer, Stream } from "effect"
 import fc from "fast-check"
 import { afterAll, beforeAll, describe, expect, test } from "vitest"
 import { bytesBody, type RemoteObject, RemoteStorage, RemoteStorageError, type RemoteStorageErrorReason } from "../core/io/remote-storage.js"
+import { NodeId, TenantId, Term, TimelineId } from "../core/acceptor/state.js"
+import { partialObjectName, parsePartialObjectName as parseLayoutPartialName, segmentObjectPath } from "../core/timeline/remote-layout.js"
+import { Lsn, segmentFileName } from "../core/wal/lsn.js"
 import { parseRemoteStorageFlag } from "../live/remote-storage-config.js"
 import { localRemoteStorageLayer } from "../live/remote-storage-local.js"
 import {
@@ -112,6 +115,43 @@ describe("pickRestoreObject", () => {
     }))
     expect(parsePartialObjectName(`${SEGMENT_4}_1_0020000000000000_0000000000000000_sk1.partial`)).toBeUndefined()
     expect(parsePartialObjectName(`${SEGMENT_4}_9007199254740993_0000000004000000_0000000000000000_sk1.partial`)).toBeUndefined()
+  })
+})
+
+describe("agreement with core/timeline/remote-layout.ts (the names the backup uploads)", () => {
+  // Goal: the restore reads the names the backup writes. wal-fetch.ts keeps its own parser
+  // (the layout module loads Effect, which the restore_command's start-up avoids), so drift
+  // between the two would make uploaded partials invisible. Method: names made by the layout
+  // module, for random fields and segment sizes, parse to the same fields here.
+  test("property: every partial name the backup makes parses to the same fields", () => {
+    const arb = fc.record({
+      segmentSizeBytes: fc.constantFrom(1024 * 1024, SEGMENT_BYTES, 1024 * 1024 * 1024),
+      segmentNo: fc.integer({ min: 1, max: 2 ** 40 }),
+      offset: fc.integer({ min: 0, max: 1024 * 1024 - 1 }),
+      lastLogTerm: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER }),
+      commitBack: fc.integer({ min: 0, max: 2 ** 30 }),
+      nodeId: fc.integer({ min: 0, max: Number.MAX_SAFE_INTEGER })
+    })
+    fc.assert(fc.property(arb, ({ segmentSizeBytes, segmentNo, offset, lastLogTerm, commitBack, nodeId }) => {
+      const flushLsn = segmentNo * segmentSizeBytes + offset
+      fc.pre(Number.isSafeInteger(flushLsn))
+      const fields = { segmentNo, lastLogTerm: Term(lastLogTerm), flushLsn: Lsn(flushLsn), commitLsn: Lsn(Math.max(0, flushLsn - commitBack)), nodeId: NodeId(nodeId) }
+      const name = partialObjectName(fields, segmentSizeBytes)
+      expect(parseLayoutPartialName(name, segmentSizeBytes)).toEqual(fields)
+      expect(parsePartialObjectName(name)).toEqual({
+        segmentName: segmentFileName(1, segmentNo, segmentSizeBytes),
+        lastLogTerm,
+        flushLsn,
+        commitLsn: fields.commitLsn,
+        nodeId
+      })
+    }))
+  })
+
+  test("a full segment's object path ends in the name PostgreSQL asks for", () => {
+    const path = segmentObjectPath({ tenantId: TenantId(TENANT), timelineId: TimelineId(TIMELINE) }, 4, SEGMENT_BYTES)
+    expect(path).toBe(`${PREFIX}/${SEGMENT_4}`)
+    expect(pickRestoreObject([{ path, sizeBytes: SEGMENT_BYTES }], SEGMENT_4)?.kind).toBe("full")
   })
 })
 
