@@ -29,6 +29,12 @@ import type { RemoteObject, RemoteStorage, RemoteStorageError } from "../core/io
  * neither as "command not found" (126, 127) nor as a shell's 128+signal (up to 128+64).
  * The same holds for failing to write %p (a full pg_wal) and for a misconfigured command (bad
  * flags): commander's usual status 1 would silently end recovery, so those are FATAL too.
+ * Checked by hand against PostgreSQL 15 (pg_basebackup -X none, recovery.signal): from a local
+ * store it restored segments 2 and 3 and the padded partial of 4, replay stopped at the flush
+ * LSN ("invalid record length ... got 0") with the last committed row kept; with an unreachable
+ * S3 endpoint the startup process logged "FATAL: could not restore file ... exit code 200" and
+ * the server shut down without promoting. A standby that also streams pays for this choice: a
+ * store outage stops it instead of letting it fall back to streaming.
  */
 export const WAL_FETCH_EXIT_RESTORED = 0
 export const WAL_FETCH_EXIT_MISSING = 1
