@@ -68,7 +68,7 @@ export type OpenRemoteStorage = (spec: string) => Promise<Layer<RemoteStorage, R
 
 /**
  * Registers `fetch` under `sk wal`. Without `openStorage`, a spec that is plainly a local
- * directory is read directly (readLocalDirectory) and anything else goes through
+ * directory is read directly (restoreFromLocalDirectory) and anything else goes through
  * live/remote-storage-config.ts; with it, every fetch goes through the layer it makes.
  */
 export function registerWalFetchCommand(wal: Command, openStorage?: OpenRemoteStorage): void {
