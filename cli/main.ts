@@ -35,7 +35,8 @@ const COMMAND_MODULES: ReadonlyArray<CommandModule> = [
   { name: "control", simulated: false, register: async (program) => (await import("./control.js")).registerControlCommands(program) },
   { name: "safekeeper", simulated: false, register: async (program) => (await import("./safekeeper.js")).registerSafekeeperCommand(program) },
   { name: "proposer", simulated: false, register: async (program) => (await import("./proposer.js")).registerProposerCommand(program) },
-  { name: "local", simulated: false, register: async (program) => (await import("./local.js")).registerLocalCommand(program) }
+  { name: "local", simulated: false, register: async (program) => (await import("./local.js")).registerLocalCommand(program) },
+  { name: "broker", simulated: false, register: async (program) => (await import("./broker.js")).registerBrokerCommand(program) }
 ]
 
 const program = new Command()
