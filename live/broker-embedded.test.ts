@@ -120,20 +120,21 @@ describe("embedded broker", () => {
 
   test("a key not refreshed within the TTL is dropped; a refreshed one stays", () =>
     run(Effect.gen(function*() {
-      const ttlMs = 300
+      // Margins for a loaded machine: refreshes come at a sixth of the TTL.
+      const ttlMs = 600
       const address = yield* serveEmbeddedBroker("127.0.0.1:0", { ttlMs })
       const a = yield* client(address)
       yield* a.publish(info({ safekeeperId: 1 }))
       yield* a.publish(info({ safekeeperId: 2 }))
       const before = yield* snapshotOf(yield* client(address), info({ safekeeperId: 90 }))
       expect(before.map((item) => item.safekeeperId)).toEqual([1, 2])
-      // Twice the TTL: key 2 is refreshed every TTL/3, key 1 (and sentinel 90) never.
-      for (let i = 0; i < 6; i++) {
+      // Twice the TTL: key 2 is refreshed every TTL/6, key 1 (and sentinel 90) never.
+      for (let i = 0; i < 12; i++) {
         yield* a.publish(info({ safekeeperId: 2, commitLsn: i }))
-        yield* Effect.sleep(`${ttlMs / 3} millis`)
+        yield* Effect.sleep(`${ttlMs / 6} millis`)
       }
       const after = yield* snapshotOf(yield* client(address), info({ safekeeperId: 91 }))
-      expect(after.map((item) => [item.safekeeperId, item.commitLsn])).toEqual([[2, 5]])
+      expect(after.map((item) => [item.safekeeperId, item.commitLsn])).toEqual([[2, 11]])
     })))
 
   test("malformed publishes are refused with 400 and store nothing", async () => {
@@ -178,6 +179,48 @@ describe("embedded broker", () => {
       await Effect.runPromise(Scope.close(scope, Exit.void))
     }
   })
+
+  test("a subscriber that stops reading is cut off at its buffer bound; the others go on", () =>
+    run(Effect.gen(function*() {
+      const address = yield* serveEmbeddedBroker("127.0.0.1:0", { subscriberBufferBytesMax: PUBLISH_BODY_BYTES_MAX })
+      const target = parseHttpEndpoint(`http://${address}`)
+      if (target === undefined) return yield* Effect.die(new Error("bad address"))
+      // A raw subscriber that reads the head and then nothing: the kernel's buffers fill, then node's.
+      let stalledResponse: http.IncomingMessage | undefined
+      yield* Effect.callback<void>((resume) => {
+        http.get({ host: target.host, port: target.port, path: "/v1/subscribe", agent: false }, (response) => {
+          response.pause()
+          stalledResponse = response
+          resume(Effect.void)
+        })
+      })
+      const a = yield* client(address)
+      const { seen } = yield* collect(a)
+      for (let i = 0; (yield* Effect.promise(() => status(address))).subscribers < 2; i++) {
+        if (i > 500) return yield* Effect.die(new Error("the subscribers never attached"))
+        yield* Effect.sleep("10 millis")
+      }
+      // ~15 KiB infos (a long zone name), so a few MB of them overflow loopback's buffers.
+      const zone = "z".repeat(PUBLISH_BODY_BYTES_MAX - 1024)
+      let published = 0
+      for (; (yield* Effect.promise(() => status(address))).subscribers > 1; published++) {
+        if (published > 10_000) return yield* Effect.die(new Error("the stalled subscriber was never cut off"))
+        yield* a.publish(info({ safekeeperId: published % 8, commitLsn: published, availabilityZone: zone }))
+      }
+      yield* waitFor("the reading subscriber hears the last info", () => seen.some((item) => item.commitLsn === published - 1))
+      // The stalled one, reading again, finds its stream ended short of what was published.
+      const stalled = stalledResponse
+      if (stalled === undefined) return yield* Effect.die(new Error("no stalled response"))
+      const infosRead = yield* Effect.callback<number>((resume) => {
+        let text = ""
+        stalled.setEncoding("utf8")
+        stalled.on("data", (chunk: string) => void (text += chunk))
+        stalled.on("close", () => resume(Effect.succeed(text.split("\n").filter((line) => line.length > 0).length)))
+        stalled.resume()
+      })
+      expect(infosRead).toBeGreaterThan(0)
+      expect(infosRead).toBeLessThan(published)
+    })))
 
   test("a subscription fails with Unavailable when the broker stops, and publishing too", () =>
     run(Effect.gen(function*() {
@@ -230,6 +273,17 @@ function unavailable<A, E>(exit: Exit.Exit<A, E>): boolean {
   const error = Exit.findErrorOption(exit)
   return Option.isSome(error) && error.value instanceof BrokerError && error.value.reason === "Unavailable"
 }
+
+/** The broker's GET /v1/status. */
+const status = (address: string) =>
+  new Promise<{ keys: number; subscribers: number }>((resolve, reject) => {
+    http.get(`http://${address}/v1/status`, { agent: false }, (response) => {
+      let body = ""
+      response.setEncoding("utf8")
+      response.on("data", (text: string) => void (body += text))
+      response.on("end", () => resolve(JSON.parse(body) as { keys: number; subscribers: number }))
+    }).on("error", reject)
+  })
 
 function isJson(text: string): boolean {
   try {

@@ -22,7 +22,9 @@ import { NetError, parseAddress } from "../core/io/net.js"
  * - `GET /v1/subscribe`: newline-delimited JSON, first the current value of every live key
  *   (sorted by key, so a new subscriber learns the state at once), then every info published
  *   from then on. Empty lines are heartbeats: a client that hears nothing for a few of them
- *   knows the broker is gone even when TCP does not tell it.
+ *   knows the broker is gone even when TCP does not tell it. A subscriber that leaves more
+ *   than `subscriberBufferBytesMax` unread is cut off (it resubscribes and gets a snapshot).
+ * - `GET /v1/status`: `{"keys": N, "subscribers": M}`, for health checks and tests.
  *
  * An entry not refreshed within `ttlMs` is dropped, as an etcd lease would drop the keys of a
  * dead safekeeper, so late subscribers do not learn of it. Nothing is durable: a restarted
@@ -53,8 +55,12 @@ export const SUBSCRIBE_LINE_BYTES_MAX = 64 * 1024
 assert(PUBLISH_BODY_BYTES_MAX < SUBSCRIBE_LINE_BYTES_MAX, "every accepted publish fits in one subscription line")
 assert(PUBLISH_BODY_BYTES_MAX < SUBSCRIBER_BUFFER_BYTES_MAX_DEFAULT, "a subscriber's buffer holds at least one info")
 
+/** How long the server keeps an idle publisher's connection open. */
+export const KEEP_ALIVE_TIMEOUT_MS = 60_000
+
 export const PUBLISH_PATH = "/v1/publish"
 export const SUBSCRIBE_PATH = "/v1/subscribe"
+export const STATUS_PATH = "/v1/status"
 
 /**
  * Serves the embedded broker on `listen` ("host:port"; port 0 picks a free one) until the
@@ -195,6 +201,11 @@ class BrokerState {
     this.send(response, snapshot.length > 0 ? snapshot : "\n")
   }
 
+  status(): Readonly<Record<string, number>> {
+    this.expire()
+    return { keys: this.entries.size, subscribers: this.subscribers.size }
+  }
+
   heartbeat(): void {
     for (const subscriber of this.subscribers) this.send(subscriber, "\n")
   }
@@ -231,6 +242,9 @@ function bind(listen: string, state: BrokerState): Effect.Effect<http.Server, Ne
       return resume(Effect.fail(new NetError({ reason: "InvalidAddress", address: listen, message: `not host:port: ${listen}` })))
     }
     const server = http.createServer((request, response) => handle(state, request, response))
+    // Publishers come back every second or so on a kept-alive connection; node's 5 s default
+    // would close idle ones just as a client reuses them (a spurious ECONNRESET publish).
+    server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS
     let interrupted = false
     const onError = (error: NodeJS.ErrnoException): void => {
       server.close()
@@ -260,6 +274,7 @@ function handle(state: BrokerState, request: http.IncomingMessage, response: htt
     return state.subscribe(response)
   }
   request.resume()
+  if (request.method === "GET" && path === STATUS_PATH) return reply(response, 200, state.status())
   reply(response, 404, { msg: `no route for ${request.method ?? "?"} ${request.url ?? "?"}` })
 }
 
@@ -295,7 +310,7 @@ function refuseOversized(request: http.IncomingMessage, response: http.ServerRes
   request.resume()
 }
 
-function reply(response: http.ServerResponse, status: number, body: Readonly<Record<string, string>>): void {
+function reply(response: http.ServerResponse, status: number, body: Readonly<Record<string, string | number>>): void {
   if (response.headersSent) return
   const text = JSON.stringify(body)
   response.writeHead(status, { "content-type": "application/json", "content-length": Buffer.byteLength(text) })
