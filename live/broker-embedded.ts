@@ -83,7 +83,8 @@ export const serveEmbeddedBroker = (listen: string, options: EmbeddedBrokerOptio
     yield* Effect.acquireRelease(
       Effect.sync(() => ({
         heartbeat: setInterval(() => state.heartbeat(), config.heartbeatIntervalMs),
-        // A quarter of the TTL: an entry outlives its TTL by at most that much.
+        // Only frees memory: publish, subscribe and status expire entries themselves first,
+        // so no answer ever holds an entry past its TTL.
         sweep: setInterval(() => state.expire(), Math.max(1, Math.floor(config.ttlMs / 4)))
       })),
       (timers) => Effect.sync(() => {
