@@ -9,11 +9,33 @@ import { bytesBody, RemoteStorage, type RemoteStorageError, type RemoteStorageEr
 export interface ConformanceOptions {
   /** Objects in the many-objects list test: over 1000 crosses an S3 page. */
   readonly manyObjectCount?: number
+  /**
+   * The server keeps what it received of an aborted upload (s3rver writes straight into the
+   * object's file). Then a failed put may leave (or overwrite with) a truncated object, and the
+   * suite checks only what the client controls: such an object is shorter than declared, never
+   * a whole-looking one. AWS S3 and the local store keep nothing.
+   */
+  readonly abortedUploadsMayLeaveObjects?: boolean
+  /**
+   * The server cannot answer a ranged get of an empty object (s3rver claims one byte in a 206
+   * and sends none; S3 answers 416, which the client turns into an empty answer): skip that one
+   * check.
+   */
+  readonly skipRangedGetOfEmptyObject?: boolean
 }
 
 /** Registers the suite's tests; `freshStore` gives a layer over a new, empty store on each call. */
 export function remoteStorageConformance(freshStore: () => Layer.Layer<RemoteStorage>, options: ConformanceOptions = {}): void {
   const manyObjectCount = options.manyObjectCount ?? 1100
+  const leaky = options.abortedUploadsMayLeaveObjects === true
+  /** What failed puts left under `prefix`: nothing, or (leaky servers) objects shorter than declared. */
+  const expectNothingWhole = (prefix: string, declaredBytes: Readonly<Record<string, number>>) =>
+    Effect.gen(function*() {
+      const storage = yield* RemoteStorage
+      const left = yield* storage.list(prefix)
+      if (!leaky) return expect(left).toEqual([])
+      for (const object of left) expect(object.sizeBytes).toBeLessThan(declaredBytes[object.path] ?? 0)
+    })
   const check = (name: string, body: Effect.Effect<void, unknown, RemoteStorage>): void => {
     test(name, () => Effect.runPromise(Effect.provide(body, freshStore())))
   }
@@ -57,7 +79,8 @@ export function remoteStorageConformance(freshStore: () => Layer.Layer<RemoteSto
     const storage = yield* RemoteStorage
     yield* storage.put("e/empty", Stream.empty, 0)
     expect((yield* storage.get("e/empty")).length).toBe(0)
-    expect((yield* storage.get("e/empty", { startBytes: 0, endBytes: 10 })).length).toBe(0)
+    if (options.skipRangedGetOfEmptyObject !== true) expect((yield* storage.get("e/empty", { startBytes: 0, endBytes: 10 })).length).toBe(0)
+    expect((yield* storage.get("e/empty", { startBytes: 0, endBytes: 0 })).length).toBe(0)
     expect(yield* storage.list("e/")).toEqual([{ path: "e/empty", sizeBytes: 0 }])
   }))
 
@@ -132,14 +155,18 @@ export function remoteStorageConformance(freshStore: () => Layer.Layer<RemoteSto
     const storage = yield* RemoteStorage
     expect(yield* reasonOf(storage.put("m/short", patternBody(50_000, 8192), 50_001))).toBe("Permanent")
     expect(yield* reasonOf(storage.put("m/long", patternBody(50_001, 8192), 50_000))).toBe("Permanent")
-    // Too long by exactly one chunk that arrives after the declared length is complete.
+    // Too long by one byte that arrives after the declared length is complete: the last
+    // chunk must be held back until the body ends, or a server could store the first 8192.
     expect(yield* reasonOf(storage.put("m/extra", Stream.concat(patternBody(8192, 8192), Stream.make(new Uint8Array(1))), 8192))).toBe("Permanent")
     expect(yield* reasonOf(storage.put("m/empty", Stream.empty, 1))).toBe("Permanent")
-    expect(yield* storage.list("m/")).toEqual([])
-    yield* storage.put("m/kept", bytesBody(text("original")), 8)
-    expect(yield* reasonOf(storage.put("m/kept", bytesBody(text("replacement")), 5))).toBe("Permanent")
-    expect(Buffer.from(yield* storage.get("m/kept")).toString()).toBe("original")
-    expect((yield* storage.list("m/")).map((object) => object.path)).toEqual(["m/kept"])
+    expect(yield* reasonOf(storage.put("m/zero", patternBody(1, 1), 0))).toBe("Permanent")
+    yield* expectNothingWhole("m/", { "m/short": 50_001, "m/long": 50_000, "m/extra": 8192, "m/empty": 1, "m/zero": 1 })
+    yield* storage.put("k/kept", bytesBody(text("original")), 8)
+    expect(yield* reasonOf(storage.put("k/kept", bytesBody(text("replacement")), 5))).toBe("Permanent")
+    const kept = Buffer.from(yield* storage.get("k/kept")).toString()
+    if (leaky) expect(kept === "original" || kept.length < 5).toBe(true)
+    else expect(kept).toBe("original")
+    expect((yield* storage.list("k/")).map((object) => object.path)).toEqual(["k/kept"])
   }))
 
   check("a body that fails hands its own error back and leaves no object", Effect.gen(function*() {
@@ -147,7 +174,7 @@ export function remoteStorageConformance(freshStore: () => Layer.Layer<RemoteSto
     const body = Stream.concat(patternBody(100_000, 10_000), Stream.fail(new BodyBroke({ atBytes: 100_000 })))
     const exit = yield* Effect.exit(storage.put("f/broken", body, 200_000))
     expect(Exit.isFailure(exit) && Cause.squash(exit.cause)).toBeInstanceOf(BodyBroke)
-    expect(yield* storage.list("f/")).toEqual([])
+    yield* expectNothingWhole("f/", { "f/broken": 200_000 })
   }))
 
   check("an interrupted put leaves no object, and the store still works after", Effect.gen(function*() {
@@ -156,7 +183,7 @@ export function remoteStorageConformance(freshStore: () => Layer.Layer<RemoteSto
     const stalled = Stream.concat(patternBody(64 * 1024, 64 * 1024), Stream.never)
     const exit = yield* Effect.exit(Effect.timeout(storage.put("i/stalled", stalled, 128 * 1024), "300 millis"))
     expect(Exit.isFailure(exit)).toBe(true)
-    expect(yield* storage.list("i/")).toEqual([])
+    yield* expectNothingWhole("i/", { "i/stalled": 128 * 1024 })
     yield* storage.put("i/after", bytesBody(text("ok")), 2)
     expect(Buffer.from(yield* storage.get("i/after")).toString()).toBe("ok")
   }))

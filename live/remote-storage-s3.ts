@@ -66,12 +66,29 @@ export function makeS3RemoteStorage(client: S3Client, config: S3Config): RemoteS
         if (!Number.isSafeInteger(lengthBytes) || lengthBytes < 0 || lengthBytes > S3_PUT_BYTES_MAX) {
           return yield* permanent("put", path, `declared length ${lengthBytes} is not an integer in [0, ${S3_PUT_BYTES_MAX}]`)
         }
-        // The body's own failure (E) or a length mismatch is recorded here: the SDK only sees
-        // the Readable being destroyed, and the caller must get the real reason back.
+        if (lengthBytes === 0) {
+          // Nothing to stream: the body only has to be empty. (A zero-length streamed request
+          // body hangs some servers, s3rver among them.)
+          yield* Stream.runForEach(body, (chunk) => chunk.length === 0 ? Effect.void : lengthMismatch(path, 0, "a non-empty body"))
+          yield* send("put", path, (signal) =>
+            client.send(new PutObjectCommand({ Bucket: bucket, Key: keyOf(path), Body: new Uint8Array(0), ContentLength: 0 }), { abortSignal: signal })
+          )
+          return
+        }
+        // The body's own failure (E) or a length mismatch is recorded here and aborts the
+        // request: the SDK only sees its Readable destroyed, and would otherwise wait for the
+        // rest of the declared length until the request timeout.
         const bodyFailure: { error?: E | RemoteStorageError } = {}
-        const readable = Readable.from(exactLength(path, body, lengthBytes, bodyFailure), { objectMode: false })
+        const bodyAborter = new AbortController()
+        const readable = Readable.from(exactLength(path, body, lengthBytes, bodyFailure, () => bodyAborter.abort()), { objectMode: false })
+        // The reason reaches the caller through bodyFailure; once the request is aborted nothing
+        // else listens to the body, and an unheard 'error' event would crash the process.
+        readable.on("error", () => undefined)
         const sent = send("put", path, (signal) =>
-          client.send(new PutObjectCommand({ Bucket: bucket, Key: keyOf(path), Body: readable, ContentLength: lengthBytes }), { abortSignal: signal })
+          client.send(
+            new PutObjectCommand({ Bucket: bucket, Key: keyOf(path), Body: readable, ContentLength: lengthBytes }),
+            { abortSignal: AbortSignal.any([signal, bodyAborter.signal]) }
+          )
         ).pipe(Effect.ensuring(Effect.sync(() => readable.destroy())))
         yield* Effect.catch(sent, (error) => Effect.fail(bodyFailure.error ?? error))
         if (bodyFailure.error !== undefined) return yield* Effect.fail(bodyFailure.error)
@@ -180,10 +197,16 @@ export function makeS3Client(config: S3Config): S3Client {
     // trailer, which S3-compatible servers (s3rver, older MinIO) refuse; TLS and S3's MD5/ETag
     // checks remain, and WAL carries its own CRCs.
     requestChecksumCalculation: "WHEN_REQUIRED",
-    responseChecksumValidation: "WHEN_REQUIRED"
+    responseChecksumValidation: "WHEN_REQUIRED",
+    // Without a logger the SDK warns on the console ("An error was encountered in a
+    // non-retryable streaming request") for every failed streamed put; the caller already
+    // gets that failure as a typed error and logs it its own way.
+    logger: SILENT_LOGGER
   }
   return new S3Client(clientConfig)
 }
+
+const SILENT_LOGGER = { debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined }
 
 /** The store with its own client, destroyed (sockets closed) when the layer's scope closes. */
 export const s3RemoteStorageLayer = (config: S3Config): Layer.Layer<RemoteStorage> =>
@@ -208,14 +231,18 @@ async function* exactLength<E>(
   path: string,
   body: Stream.Stream<Uint8Array, E>,
   lengthBytes: number,
-  failure: { error?: E | RemoteStorageError }
+  failure: { error?: E | RemoteStorageError },
+  onFailure: () => void
 ): AsyncGenerator<Uint8Array> {
   const recorded = body.pipe(Stream.tapError((error) => Effect.sync(() => {
     failure.error = error
+    onFailure()
   })))
   const mismatch = (actual: string): Error => {
-    failure.error = new RemoteStorageError({ reason: "Permanent", operation: "put", path, message: `body length differs from the declared ${lengthBytes} bytes: got ${actual}` })
-    return new Error(failure.error.message)
+    const error = new RemoteStorageError({ reason: "Permanent", operation: "put", path, message: lengthMismatchMessage(lengthBytes, actual) })
+    failure.error = error
+    onFailure()
+    return new Error(error.message)
   }
   let sentBytes = 0
   let held: Uint8Array | undefined
@@ -232,6 +259,11 @@ async function* exactLength<E>(
   if (totalBytes !== lengthBytes) throw mismatch(String(totalBytes))
   if (held !== undefined) yield held
 }
+
+const lengthMismatchMessage = (declaredBytes: number, actual: string): string => `body length differs from the declared ${declaredBytes} bytes: got ${actual}`
+
+const lengthMismatch = (path: string, declaredBytes: number, actual: string): Effect.Effect<never, RemoteStorageError> =>
+  permanent("put", path, lengthMismatchMessage(declaredBytes, actual))
 
 function send<A>(operation: string, path: string, run: (signal: AbortSignal) => Promise<A>): Effect.Effect<A, RemoteStorageError> {
   // The signal aborts the HTTP request when the calling fiber is interrupted.
