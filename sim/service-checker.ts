@@ -33,6 +33,8 @@ import type { World } from "./world.js"
  * - `backup-matches-log` (item 8): every full segment in object storage is committed WAL, byte
  *   for byte; a partial object is exactly its flush_lsn long and holds what the terms of its
  *   last_log_term's history wrote, never more than they sent;
+ * - `backup-lsn-durable`: after a crash, every segment below the persisted backup_lsn is in
+ *   object storage;
  * - `removed-before-backup`: a segment gone from a safekeeper's disk below its persisted
  *   commit_lsn (WAL removal, eviction) is in object storage whole;
  * - `restore-sees-committed-log`: the partial a restore picks for the last segment (the newest
@@ -395,6 +397,7 @@ export class ServiceChecker {
       this.violation("commit-monotonic", node, term, state.commitLsn, `persisted commit_lsn went back from ${formatLsn(commitBefore)}`)
     }
     this.durableCommit.set(address, Math.max(commitBefore, state.commitLsn))
+    this.checkBackupLsn(node, state)
     const acked = this.acked.get(address)
     const history = acked === undefined ? undefined : this.historyByTerm.get(acked.term)
     if (acked !== undefined && history !== undefined) {
@@ -478,6 +481,27 @@ export class ServiceChecker {
     }
     this.marks.add("checked-removed-wal")
     return object
+  }
+
+  /**
+   * backup_lsn claims every segment below it is in object storage whole: the control file may
+   * only say so once the uploads are durable (a lost upload, or a crash before it, must not
+   * let WAL removal or eviction drop the only local copy).
+   */
+  private checkBackupLsn(node: string, state: PersistedState): void {
+    const store = this.options.objectStore
+    // A safekeeper may hear a peer's backup_lsn (broker) before its own first ProposerElected.
+    const startLsn = Math.max(state.timelineStartLsn, this.timelineStartLsn)
+    if (store === undefined || state.backupLsn <= startLsn) return
+    const segmentBytes = this.options.segmentSizeBytes
+    for (let segmentNo = segmentNoOf(startLsn, segmentBytes); segmentNo < segmentNoOf(state.backupLsn, segmentBytes); segmentNo++) {
+      const name = segmentFileName(1, segmentNo, segmentBytes)
+      if (store.object(`${this.options.objectPrefix}/${name}`) === undefined) {
+        this.violation("backup-lsn-durable", node, state.acceptorState.term, state.backupLsn, `persisted backup_lsn ${formatLsn(state.backupLsn)} is past segment ${name}, which is not in object storage`)
+        return
+      }
+    }
+    this.marks.add("backup-lsn-checked")
   }
 
   /**

@@ -218,7 +218,7 @@ interface Chunk {
 }
 
 /** The chunk [startLsn, plannedEndLsn) (chunkEndOf against `walEndLsn`), or what storage holds of it. */
-const readChunk = (timeline: Timeline, startLsn: number, plannedEndLsn: number, walEndLsn: number): Effect.Effect<Chunk, WalReadFailure> =>
+const readChunk = (timeline: Timeline, startLsn: number, plannedEndLsn: number, walEndLsn: number): Effect.Effect<Chunk, WalReadFailure, Log> =>
   Effect.map(readFrame(timeline, startLsn, plannedEndLsn - startLsn), (frame) => ({ startLsn, plannedEndLsn, walEndLsn, frame }))
 
 /** A chunk being read ahead. */
@@ -234,7 +234,7 @@ const interruptAll = (readings: Array<Reading>): Effect.Effect<void> =>
  * The WAL [position, position + length) after room for the frame's headers, in one buffer. The
  * segment store reads it in place; any other storage is copied (tests with storage in memory).
  */
-function readFrame(timeline: Timeline, position: number, length: number): Effect.Effect<Uint8Array, WalReadFailure> {
+function readFrame(timeline: Timeline, position: number, length: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
   return timeline.readWithHeadroom(Lsn(position), length, XLOG_DATA_FRAME_HEADER_BYTES)
 }
 

@@ -3,7 +3,7 @@ import type { Acceptor, AcceptorFailure } from "../acceptor/acceptor.js"
 import { type NodeId, type PersistedState, type TenantId, Term, type TimelineId } from "../acceptor/state.js"
 import { type WalStorage, WalStorageError } from "../acceptor/wal-storage.js"
 import type { Disk, DiskError } from "../io/disk.js"
-import type { Log } from "../io/log.js"
+import { type Log, logDebug, logInfo } from "../io/log.js"
 import {
   type AcceptorMessage,
   type AppendRequest,
@@ -250,7 +250,7 @@ export class Timeline {
    * there instead: a lagging peer or pageserver, or a START_REPLICATION from far back, gets it
    * transparently (on-demand download).
    */
-  read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+  read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
     return this.wal.read(startLsn, lengthBytes).pipe(
       Effect.catchIf((error) => this.isRemoved(error, startLsn), () => this.readRemoved(startLsn, lengthBytes))
     )
@@ -260,7 +260,7 @@ export class Timeline {
    * `read` into a new buffer with `headroomBytes` free in front (a frame's headers): the
    * segment store reads in place; other storage, and object storage, is copied.
    */
-  readWithHeadroom(startLsn: Lsn, lengthBytes: number, headroomBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+  readWithHeadroom(startLsn: Lsn, lengthBytes: number, headroomBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
     const wal = this.wal
     const copied = Effect.map(this.read(startLsn, lengthBytes), (data) => {
       const frame = new Uint8Array(headroomBytes + data.byteLength)
@@ -283,12 +283,16 @@ export class Timeline {
   }
 
   /** A removed segment: from object storage when it is there whole (below backup_lsn), else refused. */
-  private readRemoved(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure> {
+  private readRemoved(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
     const segmentNo = segmentNoOf(startLsn, this.segmentSizeBytes)
+    const fields = { timeline: timelineKeyText(this.key), segment: segmentNo, lsn: formatLsn(startLsn) }
     if (this.remote !== undefined && segmentNo < segmentNoOf(this.acceptor.snapshot().inMemory.backupLsn, this.segmentSizeBytes)) {
-      return this.readRemote(startLsn, lengthBytes)
+      return Effect.andThen(logDebug("wal read from object storage", fields), this.readRemote(startLsn, lengthBytes))
     }
-    return Effect.fail(new WalStorageError({ reason: "Removed", message: `requested WAL segment ${segmentNo} (at ${formatLsn(startLsn)}) has already been removed` }))
+    return Effect.andThen(
+      logInfo("wal read refused: segment removed", fields),
+      Effect.fail(new WalStorageError({ reason: "Removed", message: `requested WAL segment ${segmentNo} (at ${formatLsn(startLsn)}) has already been removed` }))
+    )
   }
 
   private readRemote(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, RemoteStorageError> {
