@@ -1,4 +1,7 @@
 import { spawn } from "node:child_process"
+import { mkdtempSync } from "node:fs"
+import { tmpdir } from "node:os"
+import { join } from "node:path"
 import type { Command } from "commander"
 import { LocalCluster, SK_BIN } from "../live/local-cluster.js"
 import { parsePositiveInteger } from "./options.js"
@@ -26,8 +29,17 @@ export function registerLocalCommand(program: Command): void {
 }
 
 async function runLocal(options: { safekeepers: number; duration: number; rate: number; dir?: string }): Promise<number> {
-  const cluster = await LocalCluster.start({ safekeeperCount: options.safekeepers, ...(options.dir === undefined ? {} : { directory: options.dir }) })
+  // Embedded defaults: the broker as its own process, object storage in a local directory.
+  const directory = options.dir ?? mkdtempSync(join(tmpdir(), "sk-local-"))
+  const remote = join(directory, "remote")
+  const cluster = await LocalCluster.start({
+    safekeeperCount: options.safekeepers,
+    directory,
+    embeddedBroker: true,
+    safekeeperArgs: ["--remote-storage", remote, "--partial-backup-timeout", "10s"]
+  })
   process.stdout.write(`sk local: ${options.safekeepers} safekeepers in ${cluster.directory}\n`)
+  process.stdout.write(`  broker: ${cluster.broker?.endpoint} (pid ${cluster.broker?.child?.pid}); WAL backup to ${remote}\n`)
   for (const sk of cluster.safekeepers) process.stdout.write(`  sk${sk.id}: pg ${sk.pgAddress}, http ${sk.httpAddress}, pid ${sk.child?.pid}, log ${sk.logPath}\n`)
   const proposer = spawn(process.execPath, [
     SK_BIN, "proposer",

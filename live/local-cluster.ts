@@ -28,23 +28,32 @@ export interface LocalClusterOptions {
   /** Where data directories and logs go; a new temp dir when absent. */
   readonly directory?: string
   readonly noSync?: boolean
+  /** Starts `sk broker` (the embedded broker) first and points every safekeeper at it. */
+  readonly embeddedBroker?: boolean
+  /** Further flags for every `sk safekeeper` (e.g. --remote-storage, --enable-offload). */
+  readonly safekeeperArgs?: ReadonlyArray<string>
 }
 
 export class LocalCluster {
   readonly directory: string
   readonly safekeepers: SafekeeperProcess[] = []
   private readonly noSync: boolean
+  private readonly extraArgs: string[]
+  /** The embedded broker's process and http:// endpoint, when started. */
+  broker: { child: ChildProcess | undefined; readonly endpoint: string; readonly logPath: string } | undefined
 
-  private constructor(directory: string, noSync: boolean) {
+  private constructor(directory: string, options: LocalClusterOptions) {
     this.directory = directory
-    this.noSync = noSync
+    this.noSync = options.noSync === true
+    this.extraArgs = [...(options.safekeeperArgs ?? [])]
   }
 
   static async start(options: LocalClusterOptions): Promise<LocalCluster> {
     const directory = options.directory ?? fs.mkdtempSync(path.join(os.tmpdir(), "sk-local-"))
     fs.mkdirSync(directory, { recursive: true })
-    const cluster = new LocalCluster(directory, options.noSync === true)
+    const cluster = new LocalCluster(directory, options)
     try {
+      if (options.embeddedBroker === true) await cluster.startBroker(await freePort())
       for (let id = 1; id <= options.safekeeperCount; id++) {
         const pgPort = await freePort()
         const httpPort = await freePort()
@@ -82,9 +91,31 @@ export class LocalCluster {
     const log = fs.openSync(sk.logPath, "a")
     const args = [SK_BIN, "safekeeper", "--id", String(id), "-D", sk.datadir, "--listen-pg", sk.pgAddress, "--listen-http", sk.httpAddress]
     if (this.noSync) args.push("--no-sync")
+    if (this.broker !== undefined) args.push("--broker-endpoint", this.broker.endpoint)
+    args.push(...this.extraArgs)
     sk.child = spawn(process.execPath, args, { stdio: ["ignore", log, log] })
     fs.closeSync(log)
     await waitForStatus(sk, READY_TIMEOUT_MS)
+  }
+
+  /** `sk broker` on 127.0.0.1:port, waited for until it answers. */
+  private async startBroker(port: number): Promise<void> {
+    const logPath = path.join(this.directory, "broker.log")
+    const log = fs.openSync(logPath, "a")
+    const child = spawn(process.execPath, [SK_BIN, "broker", "--listen", `127.0.0.1:${port}`], { stdio: ["ignore", log, log] })
+    fs.closeSync(log)
+    this.broker = { child, endpoint: `http://127.0.0.1:${port}`, logPath }
+    const deadline = Date.now() + READY_TIMEOUT_MS
+    for (;;) {
+      if (child.exitCode !== null || child.signalCode !== null) throw new Error(`sk broker exited during start; see ${logPath}:\n${tail(logPath)}`)
+      try {
+        if ((await fetch(`${this.broker.endpoint}/v1/status`)).ok) return
+      } catch {
+        // not listening yet
+      }
+      if (Date.now() > deadline) throw new Error(`sk broker did not answer within ${READY_TIMEOUT_MS} ms; see ${logPath}`)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
   }
 
   /** kill -9 of one safekeeper process. */
@@ -95,10 +126,11 @@ export class LocalCluster {
   /** Stops every process by its pid (SIGTERM, then SIGKILL after a grace period). */
   async stop(): Promise<void> {
     await Promise.all(this.safekeepers.map((sk) => stopChild(sk, "SIGTERM")))
+    if (this.broker !== undefined) await stopChild(this.broker, "SIGTERM")
   }
 }
 
-async function stopChild(sk: SafekeeperProcess, signal: NodeJS.Signals): Promise<void> {
+async function stopChild(sk: { child: ChildProcess | undefined }, signal: NodeJS.Signals): Promise<void> {
   const child = sk.child
   sk.child = undefined
   if (child === undefined || child.exitCode !== null || child.signalCode !== null) return
