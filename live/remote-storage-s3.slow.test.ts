@@ -170,6 +170,36 @@ describe("against s3rver", () => {
   })
 })
 
+describe("configuration the SDK cannot complete", () => {
+  test("no credentials and no region anywhere are Permanent, and fail fast", async () => {
+    // Nothing for the chain to find: no variables, no profile files, no instance metadata.
+    const saved = { ...process.env }
+    for (const name of Object.keys(process.env)) if (name.startsWith("AWS_") && name !== "AWS_CA_BUNDLE") delete process.env[name]
+    Object.assign(process.env, {
+      AWS_EC2_METADATA_DISABLED: "true",
+      AWS_SHARED_CREDENTIALS_FILE: path.join(directory, "no-credentials"),
+      AWS_CONFIG_FILE: path.join(directory, "no-config")
+    })
+    try {
+      const port = await closedPort()
+      const started = performance.now()
+      const noCredentials = await withStore({ bucket: BUCKET, endpoint: `http://127.0.0.1:${port}`, maxAttempts: 1 }, Effect.gen(function*() {
+        const storage = yield* RemoteStorage
+        return yield* reasonOf(storage.get("x"))
+      }))
+      const noRegion = await withStore({ bucket: BUCKET, credentials: CREDENTIALS, maxAttempts: 1 }, Effect.gen(function*() {
+        const storage = yield* RemoteStorage
+        return yield* reasonOf(storage.get("x"))
+      }))
+      expect({ noCredentials, noRegion }).toEqual({ noCredentials: "Permanent", noRegion: "Permanent" })
+      expect(performance.now() - started).toBeLessThan(5000)
+    } finally {
+      for (const name of Object.keys(process.env)) if (!(name in saved)) delete process.env[name]
+      Object.assign(process.env, saved)
+    }
+  })
+})
+
 describe("failures no server is kind enough to make on request", () => {
   test("a closed port is Transient, with or without SDK retries", async () => {
     const port = await closedPort()

@@ -46,6 +46,8 @@ export const S3_CONNECTION_TIMEOUT_MS_DEFAULT = 10_000
 /** 16 MiB at a poor 1 MiB/s, with room to spare. */
 export const S3_REQUEST_TIMEOUT_MS_DEFAULT = 120_000
 export const S3_MAX_ATTEMPTS_DEFAULT = 3
+/** The region signed for when an endpoint is given without one. */
+export const S3_REGION_FOR_ENDPOINTS = "us-east-1"
 /** ListObjectsV2 returns at most 1000 keys a page; this bounds the pages of one list. */
 export const S3_LIST_PAGES_MAX = 10_000
 /** A single get returns at most this much (a Buffer cannot pass 4 GiB; segments are 16 MiB). */
@@ -183,7 +185,8 @@ export function makeS3RemoteStorage(client: S3Client, config: S3Config): RemoteS
 /** The S3 client for a config: timeouts and retries bounded, checksums as S3-compatible servers take them. */
 export function makeS3Client(config: S3Config): S3Client {
   const clientConfig: S3ClientConfig = {
-    ...(config.region !== undefined ? { region: config.region } : {}),
+    // S3-compatible servers take any region for signing; AWS without one falls to the SDK's chain.
+    ...(config.region !== undefined ? { region: config.region } : config.endpoint !== undefined ? { region: S3_REGION_FOR_ENDPOINTS } : {}),
     ...(config.endpoint !== undefined ? { endpoint: config.endpoint } : {}),
     forcePathStyle: config.forcePathStyle ?? config.endpoint !== undefined,
     ...(config.credentials !== undefined ? { credentials: config.credentials } : {}),
@@ -289,7 +292,10 @@ const REASON_BY_NAME: Readonly<Record<string, RemoteStorageErrorReason>> = {
   ServiceUnavailable: "Transient",
   TimeoutError: "Transient",
   RequestTimeoutException: "Transient",
-  AbortError: "Cancelled"
+  AbortError: "Cancelled",
+  // No credentials anywhere in the chain: a configuration problem (an IMDS hiccup looks the
+  // same, and is rare enough to take a restart).
+  CredentialsProviderError: "Permanent"
 }
 
 /** Node's network errors: the server may be back on the next try. */
@@ -302,6 +308,8 @@ function s3Error(operation: string, path: string, cause: unknown): RemoteStorage
   const message = cause instanceof Error ? cause.message : String(cause)
   const reason: RemoteStorageErrorReason =
     REASON_BY_NAME[name] ??
+    // The SDK's plain Error when neither the config nor the chain names a region.
+    (message.startsWith("Region is missing") ? "Permanent" : undefined) ??
     (code !== undefined && TRANSIENT_CODES.has(code) ? "Transient" : undefined) ??
     (/socket hang up|ECONNRESET|ECONNREFUSED|timed? ?out/i.test(message) ? "Transient" : undefined) ??
     (status === 404 ? "NotFound" : undefined) ??
