@@ -1,3 +1,4 @@
+import * as crypto from "node:crypto"
 import * as fs from "node:fs"
 import * as fsp from "node:fs/promises"
 import * as nodePath from "node:path"
@@ -12,7 +13,7 @@ import { type ByteRange, RemoteStorage, RemoteStorageError, type RemoteObject, t
  * or whole after a crash, and a success means it survives one (core/io/remote-storage.ts).
  *
  * Several processes may share one root (the safekeepers of `sk local`): temp names carry the
- * pid and a per-process counter, and nothing removes another writer's temp files. A temp file
+ * pid, a per-process counter and random bytes, and nothing removes another writer's temp files. A temp file
  * left by a crash stays in `.tmp` (never listed); removing it is safe once no writer runs.
  */
 export const LOCAL_TEMP_DIRECTORY = ".tmp"
@@ -29,7 +30,9 @@ export function makeLocalRemoteStorage(root: string): RemoteStorage["Service"] {
   const tempDirectory = nodePath.join(root, LOCAL_TEMP_DIRECTORY)
   const fileOf = (path: string): string => nodePath.join(root, ...path.split("/"))
   let tempCount = 0
-  const tempFileOf = (): string => nodePath.join(tempDirectory, `${process.pid}-${++tempCount}`)
+  // The random part keeps a restarted process that got an old pid back (or a writer in another
+  // pid namespace) off the names of leftover temp files.
+  const tempFileOf = (): string => nodePath.join(tempDirectory, `${process.pid}-${++tempCount}-${crypto.randomBytes(6).toString("hex")}`)
 
   /** Moves a fully written and synced temp file into place, durably. */
   const publish = (operation: string, path: string, tempFile: string): Effect.Effect<void, RemoteStorageError> =>
