@@ -1,6 +1,6 @@
 import seedrandom from "seedrandom"
-import type { Scenario, ScenarioRunOptions } from "./scenario.js"
-import { type FaultAction, runService, type ServicePlan } from "./service.js"
+import type { Scenario, ScenarioResult, ScenarioRunOptions } from "./scenario.js"
+import { type FaultAction, type OffloadPlan, runService, type ServicePlan } from "./service.js"
 
 /**
  * One scenario per real incident of Neon's safekeeper (reference §16) that applies to what this
@@ -14,6 +14,12 @@ interface IncidentSpec {
   readonly description: string
   readonly expectedMarks: ReadonlyArray<string>
   readonly plan: (jitter: Jitter) => Omit<ServicePlan, "config"> & { readonly config?: string }
+  /**
+   * Marks read off the run's trace (per-node sequences that no global mark can show: "the node
+   * whose disk filled removed WAL afterwards"). The run then records its trace in memory; the
+   * hash is the same either way (sim/trace.ts hashes every line whether kept or not).
+   */
+  readonly traceMarks?: (events: ReadonlyArray<TraceEvent>) => Iterable<string>
 }
 
 class Jitter {
@@ -48,6 +54,77 @@ const BASE = {
 function spread(j: Jitter, count: number, fromUs: number, toUs: number, make: (atUs: number) => FaultAction): FaultAction[] {
   return Array.from({ length: count }, () => make(j.between(fromUs, toUs)))
 }
+
+/** One trace line ("<µs> <node>#<life> <event>", or "<µs> nemesis <fault>"), split for trace marks. */
+export interface TraceEvent {
+  readonly atUs: number
+  /** "sk1", "compute1", "pageserver", or "nemesis". */
+  readonly node: string
+  /** The node's incarnation; undefined for the nemesis. */
+  readonly life: number | undefined
+  /** The rest of the line: "info wal removed timeline=...", "world crash (nemesis)", "wipe sk1". */
+  readonly text: string
+}
+
+export function parseTrace(lines: ReadonlyArray<string>): TraceEvent[] {
+  const events: TraceEvent[] = []
+  for (const line of lines) {
+    if (line.startsWith("#")) continue
+    const first = line.indexOf(" ")
+    const second = line.indexOf(" ", first + 1)
+    if (first <= 0 || second <= first) continue
+    const who = line.slice(first + 1, second)
+    const hash = who.indexOf("#")
+    events.push({
+      atUs: Number(line.slice(0, first)),
+      node: hash < 0 ? who : who.slice(0, hash),
+      life: hash < 0 ? undefined : Number(who.slice(hash + 1)),
+      text: line.slice(second + 1)
+    })
+  }
+  return events
+}
+
+/** A log event of the code under test with this message (any level). */
+function logged(event: TraceEvent, message: string): boolean {
+  const space = event.text.indexOf(" ")
+  const rest = event.text.slice(space + 1)
+  return space > 0 && event.node !== "nemesis" && (rest === message || rest.startsWith(`${message} `))
+}
+
+/** A fault the nemesis applied: "<kind> <nodes> [detail]"; the nodes it named. */
+function nemesis(event: TraceEvent, kind: string): ReadonlyArray<string> | undefined {
+  if (event.node !== "nemesis" || !event.text.startsWith(`${kind} `)) return undefined
+  return event.text.slice(kind.length + 1).split(" ")[0]!.split(",").filter((node) => node !== "")
+}
+
+/** When the liveness phase began (faults stopped); Infinity if the trace never got there. */
+function livenessStartUs(events: ReadonlyArray<TraceEvent>): number {
+  return events.find((event) => event.node === "nemesis" && event.text.startsWith("liveness-phase"))?.atUs ?? Number.POSITIVE_INFINITY
+}
+
+/**
+ * Object storage and the broker for the offload incidents: a store with latency and a
+ * bounded upload rate but no errors of its own, so what each scenario shows comes from the
+ * faults its plan names; a prompt broker (the offloader election settles within a tick).
+ */
+function offloadPlan(j: Jitter, overrides: Partial<OffloadPlan> = {}): OffloadPlan {
+  return {
+    storeFaults: { requestLatencyUs: [1_000, 20_000], uploadBytesPerSecond: 8 * 1024 * 1024, transientErrorProbability: 0, lostAckProbability: 0, requestTimeoutUs: 500_000 },
+    brokerFaults: { publishLatencyUs: [200, 2_000], deliveryLagUs: [200, 5_000], dropProbability: 0, duplicateProbability: 0, timeoutUs: 1_000_000 },
+    partialBackupTimeoutUs: j.between(200_000, 600_000),
+    eviction: false,
+    peerRecovery: false,
+    ...overrides
+  }
+}
+
+/**
+ * The offloader is picked as caughtup[timeline_id as u128 % n] sorted by id (core/timeline/
+ * offloader.ts); for this timeline id that is index 0 with 2 or 3 candidates: the lowest id up.
+ * A pick in [0, 1/3) names it while all three are up (service.ts picks among nodes that are up).
+ */
+const OFFLOADER_PICK = 0.1
 
 const INCIDENTS: ReadonlyArray<IncidentSpec> = [
   {
@@ -185,6 +262,177 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
         ...spread(j, 5, 100_000, 2_800_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: j.float(), restartAfterUs: j.between(10_000, 200_000) }))
       ]
     })
+  },
+  {
+    // #11092: an XLOG_SWITCH moved write_record_lsn to the next segment while the switched
+    // segment's file stayed .partial; the backup could not find the full segment, backup_lsn
+    // stalled and disks filled. The synthetic WAL source cannot emit XLOG_SWITCH yet (the
+    // generator can: WalGenerator.appendSwitch; core/proposer/wal-source.ts and sim/compute.ts
+    // lack the knob), so this shows what it can of the situation: full segments whose end is
+    // crossed while the offloader crashes and hands over, and backup_lsn must cross every
+    // segment end with the whole segment uploaded, byte-equal to the committed log.
+    name: "incident-11092-segment-end-backup",
+    description: "Neon #11092 (without XLOG_SWITCH, which the WAL source cannot emit yet): segment ends crossed while the offloader crashes and is cut off from storage; every full segment uploaded whole, backup_lsn crosses each end, removal follows",
+    expectedMarks: ["wal-backup-uploaded", "offloader-handover", "backup-segment-checked", "backup-lsn-checked", "wal-removed", "commit-after-faults", "offloader-crashed-after-upload", "backup-resumed-after-offloader-crash"],
+    plan: (j) => ({
+      ...BASE,
+      faultPhaseUs: 4_000_000,
+      rateBytesPerSecond: 1536 * 1024,
+      messageBytes: 2_000,
+      pageserver: true,
+      offload: offloadPlan(j),
+      actions: [
+        ...spread(j, 3, 800_000, 3_600_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: OFFLOADER_PICK, restartAfterUs: j.between(100_000, 600_000) })),
+        ...spread(j, 2, 500_000, 3_600_000, (atUs) => ({ kind: "partition-store", atUs, pick: OFFLOADER_PICK, durationUs: j.between(200_000, 900_000) }))
+      ]
+    }),
+    traceMarks: (events) => {
+      const marks: string[] = []
+      const uploaded = new Set<string>()
+      let crashedUploader: { readonly node: string; readonly atUs: number } | undefined
+      for (const event of events) {
+        if (logged(event, "wal backup segment uploaded")) {
+          uploaded.add(event.node)
+          if (crashedUploader !== undefined && event.atUs > crashedUploader.atUs) marks.push("backup-resumed-after-offloader-crash")
+        }
+        const crashed = nemesis(event, "crash")
+        if (crashed !== undefined && crashed.some((node) => uploaded.has(node))) {
+          marks.push("offloader-crashed-after-upload")
+          crashedUploader ??= { node: crashed[0]!, atUs: event.atUs }
+        }
+      }
+      return marks
+    }
+  },
+  {
+    // #2432: all safekeepers were replaced one after another; each new one started mid-segment,
+    // backup stopped and WAL could be lost. What can be shown today: one disk loss per run
+    // (service.ts), of the offloader after it uploaded, then the other two crash in turn; the
+    // quorum of survivors must keep committing, the backup must move to a survivor and go on,
+    // and the pageserver must get every committed byte. Not shown: a replacement node (no
+    // pull_timeline, so a wiped node never holds the timeline again), a second and third loss,
+    // and a pageserver served from object storage because no safekeeper has the WAL any more.
+    name: "incident-2432-safekeepers-replaced",
+    description: "Neon #2432 (the part possible without pull_timeline): the offloader loses its disk after uploading, the others crash in turn; backup moves on, the pageserver gets every committed byte",
+    expectedMarks: ["wal-backup-uploaded", "offloader-handover", "disk-loss-survived", "consumer-received-wal", "backup-segment-checked", "commit-after-faults", "offloader-disk-lost", "backup-continued-after-disk-loss"],
+    plan: (j) => {
+      const wipeAtUs = j.between(1_300_000, 1_800_000)
+      return {
+        ...BASE,
+        faultPhaseUs: 4_000_000,
+        rateBytesPerSecond: 1024 * 1024,
+        messageBytes: 2_000,
+        pageserver: true,
+        offload: offloadPlan(j),
+        actions: [
+          { kind: "wipe", atUs: wipeAtUs, pick: OFFLOADER_PICK, restartAfterUs: j.between(50_000, 300_000) },
+          // The survivors crash in turn, never together (a quorum of two must stay).
+          { kind: "crash", atUs: wipeAtUs + j.between(600_000, 900_000), role: "safekeeper", pick: 0.5, restartAfterUs: j.between(100_000, 300_000) },
+          { kind: "crash", atUs: wipeAtUs + j.between(1_400_000, 1_800_000), role: "safekeeper", pick: 0.9, restartAfterUs: j.between(100_000, 300_000) },
+          { kind: "crash-pageserver", atUs: j.between(1_000_000, 3_000_000), restartAfterUs: j.between(200_000, 800_000) }
+        ]
+      }
+    },
+    traceMarks: (events) => {
+      const marks: string[] = []
+      const uploaded = new Set<string>()
+      let wiped: string | undefined
+      for (const event of events) {
+        if (logged(event, "wal backup segment uploaded")) {
+          uploaded.add(event.node)
+          if (wiped !== undefined && event.node !== wiped) marks.push("backup-continued-after-disk-loss")
+        }
+        const nodes = nemesis(event, "wipe")
+        if (nodes !== undefined && nodes.some((node) => uploaded.has(node))) {
+          wiped = nodes[0]
+          marks.push("offloader-disk-lost")
+        }
+      }
+      return marks
+    }
+  },
+  {
+    // #4101: out of space, WAL removal needed a control-file write first (to persist the
+    // horizon) and could not make one: a deadlock, the disk stayed full. Here: one safekeeper's
+    // disk holds a few segments only (ENOSPC past it, until the liveness phase grows it) while
+    // backup and the pageserver move the horizon on; the full node must free space by removal
+    // from what its control file already says, or fail-stop and reboot, never lose data.
+    // The full node is the offloader or not, by seed (a non-offloader learns backup_lsn only
+    // through the broker, and must persist it before removing).
+    name: "incident-4101-full-disk-removal",
+    description: "Neon #4101: a safekeeper's disk fills while WAL removal is due; it must free space by removing backed-up segments or fail-stop cleanly, never lose WAL",
+    expectedMarks: ["disk-full-survived", "fail-stop-after-disk-error", "wal-backup-uploaded", "wal-removed", "commit-after-faults", "full-disk-hit", "removed-after-disk-full"],
+    plan: (j) => ({
+      ...BASE,
+      faultPhaseUs: 6_000_000,
+      rateBytesPerSecond: 1024 * 1024,
+      messageBytes: 2_000,
+      pageserver: true,
+      offload: offloadPlan(j),
+      capacityLimit: { pick: j.float() < 0.5 ? OFFLOADER_PICK : 0.5 + j.float() / 2, capacityBytes: j.between(2, 4) * 1024 * 1024 + j.between(0, 64 * 1024) },
+      actions: spread(j, 2, 500_000, 5_500_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: j.float(), restartAfterUs: j.between(50_000, 300_000) }))
+    }),
+    traceMarks: (events) => {
+      const marks: string[] = []
+      const liveUs = livenessStartUs(events)
+      const full = events.map((event) => nemesis(event, "capacity-limit")).find((nodes) => nodes !== undefined)?.[0]
+      let fullAtUs: number | undefined
+      for (const event of events) {
+        if (event.node !== full || event.atUs >= liveUs) continue
+        if (fullAtUs === undefined && logged(event, "fatal disk failure: stopping the safekeeper") && event.text.includes("ENOSPC")) {
+          fullAtUs = event.atUs
+          marks.push("full-disk-hit")
+        }
+        if (fullAtUs !== undefined && logged(event, "wal removed")) marks.push("removed-after-disk-full")
+      }
+      return marks
+    }
+  },
+  {
+    // #9428 / #8335: un-eviction (from the snapshot handler) raced the manager; evict and
+    // unevict thrashed. Here: idle periods long enough to evict, ended by computes that push at
+    // once, a pageserver that restarts (a replication start) around the same moment, partial
+    // uploads on short timeouts, and safekeeper crashes around the end of the idle periods
+    // (un-eviction racing a crash). Every evicted or unevicted state must keep the committed WAL.
+    name: "incident-9428-eviction-races",
+    description: "Neon #9428/#8335: eviction racing a new push, a replication start and a partial upload; un-eviction racing a crash; no committed WAL lost, no thrash left stuck",
+    expectedMarks: ["timeline-evicted", "timeline-unevicted", "partial-backup-uploaded", "consumer-received-wal", "commit-after-faults", "evicted-then-crashed", "unevicted-after-restart"],
+    plan: (j) => {
+      const idles = [j.between(600_000, 900_000), j.between(3_400_000, 3_800_000)]
+      const idleUs = () => j.between(1_800_000, 2_400_000)
+      const actions: FaultAction[] = []
+      for (const atUs of idles) {
+        const durationUs = idleUs()
+        const endUs = atUs + durationUs
+        actions.push({ kind: "idle", atUs, durationUs })
+        actions.push({ kind: "crash-pageserver", atUs: endUs + j.between(-100_000, 50_000), restartAfterUs: j.between(5_000, 100_000) })
+        actions.push({ kind: "crash", atUs: endUs + j.between(-300_000, 100_000), role: "safekeeper", pick: j.float(), restartAfterUs: j.between(20_000, 200_000) })
+        actions.push({ kind: "crash", atUs: endUs + j.between(0, 150_000), role: "safekeeper", pick: j.float(), restartAfterUs: j.between(20_000, 200_000) })
+      }
+      return {
+        ...BASE,
+        faultPhaseUs: 6_500_000,
+        rateBytesPerSecond: 512 * 1024,
+        pageserver: true,
+        offload: offloadPlan(j, { eviction: true, partialBackupTimeoutUs: j.between(150_000, 300_000) }),
+        actions
+      }
+    },
+    traceMarks: (events) => {
+      const marks: string[] = []
+      /** Per node: the life in which its timeline was last evicted and not unevicted since. */
+      const evictedIn = new Map<string, number>()
+      for (const event of events) {
+        if (event.life === undefined) continue
+        if (logged(event, "timeline evicted")) evictedIn.set(event.node, event.life)
+        else if (logged(event, "timeline unevicted")) {
+          const life = evictedIn.get(event.node)
+          if (life !== undefined && event.life > life) marks.push("unevicted-after-restart")
+          evictedIn.delete(event.node)
+        } else if (event.text.startsWith("world crash") && evictedIn.get(event.node) === event.life) marks.push("evicted-then-crashed")
+      }
+      return marks
+    }
   }
 ]
 
@@ -195,7 +443,16 @@ export function makeIncidentScenarios(): Scenario[] {
       const actions = [...plan.actions].sort((a, b) => a.atUs - b.atUs)
       return { ...plan, actions, config: plan.config ?? `incident ${incident.name}` }
     }
-    const runPlan = (seed: number, plan: ServicePlan, options: ScenarioRunOptions) => runService(incident.name, seed, plan, options)
+    const traceMarks = incident.traceMarks
+    const runPlan = (seed: number, plan: ServicePlan, options: ScenarioRunOptions): ScenarioResult => {
+      if (traceMarks === undefined) return runService(incident.name, seed, plan, options)
+      const result = runService(incident.name, seed, plan, { ...options, recordTrace: true })
+      const marks = [...new Set([...result.marks, ...traceMarks(parseTrace(result.traceLines))])].sort()
+      if (options.recordTrace) return { ...result, marks }
+      // The caller did not ask for the trace: drop what recording it added.
+      const { timeline: _timeline, ...rest } = result
+      return { ...rest, marks, traceLines: [] }
+    }
     return {
       name: incident.name,
       description: incident.description,
