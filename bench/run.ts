@@ -9,7 +9,8 @@ const benches: ReadonlyArray<readonly [string, () => void | Promise<void>]> = [
   ["sim", async () => (await import("./sim.js")).benchSim()],
   ["wal", async () => (await import("./wal.js")).benchWal()],
   ["service", async () => (await import("./service.js")).benchService()],
-  ["restore", async () => (await import("./restore.js")).benchRestore()]
+  ["restore", async () => (await import("./restore.js")).benchRestore()],
+  ["backup", async () => (await import("./backup.js")).benchBackup()]
 ]
 for (const [name, bench] of benches) {
   if (only !== undefined && only !== name) continue
