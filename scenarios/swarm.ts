@@ -17,7 +17,11 @@ export const SWARM_EXPECTED_MARKS: ReadonlyArray<string> = [
   "sk-crash-after-commit", "acked-wal-survived-crash", "crash-between-operations", "partition-healed",
   "isolation-healed", "clogged", "disk-loss-survived", "fail-stop-after-disk-error", "disk-error-injected", "torn-write", "sync-safekeepers-0/0",
   "sync-safekeepers-synced", "commit-after-faults", "new-term-over-old-wal", "node-paused",
-  "consumer-received-wal", "pageserver-switched-safekeeper", "pageserver-backoff-reset"
+  "consumer-received-wal", "pageserver-switched-safekeeper", "pageserver-backoff-reset",
+  // The timeline's life after the quorum (object storage and the broker).
+  "wal-backup-uploaded", "backup-segment-checked", "backup-lsn-checked", "partial-backup-uploaded", "partial-backup-replaced",
+  "partial-object-checked", "restore-partial-checked", "offloader-handover", "timeline-evicted", "timeline-unevicted",
+  "wal-removed", "checked-removed-wal", "broker-subscription-lost"
 ]
 
 export function swarmPlan(seed: number): ServicePlan {
