@@ -16,7 +16,7 @@ import type { AppendRequest } from "../core/protocol/consensus.js"
 import { openTimelineStorage } from "../core/timeline/open.js"
 import { segmentObjectPath } from "../core/timeline/remote-layout.js"
 import { Timeline, type TimelineKey } from "../core/timeline/timeline.js"
-import { DEFAULT_WAL_BACKUP_PARALLEL_JOBS, runWalBackup, uploadSegment } from "../core/timeline/wal-backup.js"
+import { DEFAULT_WAL_BACKUP_PARALLEL_JOBS, runWalBackup, UPLOAD_CHUNK_BYTES, uploadSegment } from "../core/timeline/wal-backup.js"
 import { DEFAULT_WAL_SEGMENT_SIZE_BYTES, Lsn, segmentFileName, segmentNoOf, segmentStartLsn } from "../core/wal/lsn.js"
 import { openSegmentStore, WAL_TIMELINE_ID } from "../core/wal/segment-store.js"
 import { generateWal, TEST_SYSTEM_ID } from "../core/wal/wal-testing.js"
@@ -46,7 +46,8 @@ import { makeS3Client, makeS3RemoteStorage, type S3Config } from "../live/remote
  *   segment then one `PutObject` of those bytes with @aws-sdk/client-s3, no project code.
  * Every project row's objects are compared with the local files after the warm-up round.
  * Environment: SK_BENCH_BACKUP_SEGMENTS (default 8), SK_BENCH_BACKUP_ROUNDS (default 5),
- * SK_BENCH_BACKUP_ONLY ("local" or "s3": one store only).
+ * SK_BENCH_BACKUP_ONLY ("local" or "s3": one store only), SK_BENCH_BACKUP_ROWS ("project" or
+ * "baseline": those rows only, e.g. under `node --cpu-prof`, so a profile shows one side).
  */
 const SEGMENT_BYTES = DEFAULT_WAL_SEGMENT_SIZE_BYTES
 const SEGMENTS_DEFAULT = 8
@@ -90,8 +91,8 @@ interface Fixture {
 
 interface Contender {
   readonly name: string
-  /** Baseline rows are compared against, or undefined for a baseline itself. */
-  readonly against?: string
+  /** The baseline rows this one is compared with (a baseline has none), each with a short label. */
+  readonly against?: ReadonlyArray<{ readonly name: string; readonly label: string }>
   /** One pass over every segment; resolves to its wall time in ms (set-up excluded). */
   readonly run: () => Promise<number>
   /** After the warm-up pass: throws when the objects differ from the local files. */
@@ -106,6 +107,8 @@ export async function benchBackup(): Promise<void> {
   const rounds = envInteger("SK_BENCH_BACKUP_ROUNDS", ROUNDS_DEFAULT)
   const only = process.env["SK_BENCH_BACKUP_ONLY"]
   if (only !== undefined && only !== "local" && only !== "s3") throw new Error(`SK_BENCH_BACKUP_ONLY must be "local" or "s3", got ${only}`)
+  const rows = process.env["SK_BENCH_BACKUP_ROWS"]
+  if (rows !== undefined && rows !== "project" && rows !== "baseline") throw new Error(`SK_BENCH_BACKUP_ROWS must be "project" or "baseline", got ${rows}`)
   // The SDK's notice that its 2027 releases need Node 22 says nothing about this machine's figures.
   process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] ??= "true"
   const root = mkdtempSync(join(tmpdir(), "sk-bench-backup-"))
@@ -117,12 +120,12 @@ export async function benchBackup(): Promise<void> {
       `built in ${((performance.now() - started) / 1000).toFixed(1)} s; best of ${rounds} interleaved rounds after a warm-up (median in brackets); ` +
       `load average ${loadavg().map((load) => load.toFixed(2)).join(" ")}`)
     if (only !== "s3") {
-      await runContenders("local directory store (live/remote-storage-local.ts), fsync on", localContenders(fixture, join(root, "store")), rounds, fixture.totalBytes)
+      await runContenders("local directory store (live/remote-storage-local.ts), fsync on", localContenders(fixture, join(root, "store")), rows, rounds, fixture.totalBytes)
     }
     if (only !== "local") {
       s3rver = await startS3rver(join(root, "s3rver"))
       const endpoint = `http://127.0.0.1:${s3rver.port}`
-      await runContenders(`S3 (s3rver on ${endpoint}; live/remote-storage-s3.ts)`, s3Contenders(fixture, endpoint), rounds, fixture.totalBytes)
+      await runContenders(`S3 (s3rver on ${endpoint}; live/remote-storage-s3.ts)`, s3Contenders(fixture, endpoint), rows, rounds, fixture.totalBytes)
     }
   } finally {
     if (s3rver !== undefined) await s3rver.stop()
@@ -263,18 +266,40 @@ function localContenders(fixture: Fixture, storeRoot: string): ReadonlyArray<Con
     }
   }
   let tempCount = 0
-  /** The store's durability steps with nothing around them: copy to .tmp, fsync, rename, fsync the directory. */
-  const plainCopy = async (segmentNo: number): Promise<void> => {
+  /**
+   * The store's durability steps with nothing around them: copy to .tmp, fsync, rename, fsync
+   * the directory. The copy is `copyFile` (in the kernel), or 1 MiB preads and pwrites through
+   * JavaScript buffers as the real path does (UPLOAD_CHUNK_BYTES), to tell the two costs apart.
+   */
+  const plainCopy = (chunked: boolean) => async (segmentNo: number): Promise<void> => {
     const target = join(storeRoot, ...objectPathOf(segmentNo).split("/"))
     const temp = join(storeRoot, ".tmp", `bench-${process.pid}-${++tempCount}`)
     await fsp.mkdir(dirname(target), { recursive: true })
     await fsp.mkdir(dirname(temp), { recursive: true })
-    await fsp.copyFile(localSegmentFile(fixture, segmentNo), temp)
-    const file = await fsp.open(temp, "r+")
-    try {
-      await file.sync()
-    } finally {
-      await file.close()
+    if (chunked) {
+      const source = await fsp.open(localSegmentFile(fixture, segmentNo), "r")
+      const file = await fsp.open(temp, "wx")
+      try {
+        for (let offset = 0; offset < SEGMENT_BYTES; offset += UPLOAD_CHUNK_BYTES) {
+          // A fresh buffer per chunk, as the real path's reads allocate one.
+          const chunk = new Uint8Array(UPLOAD_CHUNK_BYTES)
+          const { bytesRead } = await source.read(chunk, 0, UPLOAD_CHUNK_BYTES, offset)
+          if (bytesRead !== UPLOAD_CHUNK_BYTES) throw new Error(`short read of segment ${segmentNo} at ${offset}`)
+          await file.write(chunk, 0, UPLOAD_CHUNK_BYTES, offset)
+        }
+        await file.sync()
+      } finally {
+        await source.close()
+        await file.close()
+      }
+    } else {
+      await fsp.copyFile(localSegmentFile(fixture, segmentNo), temp)
+      const file = await fsp.open(temp, "r+")
+      try {
+        await file.sync()
+      } finally {
+        await file.close()
+      }
     }
     await fsp.rename(temp, target)
     const parent = await fsp.open(dirname(target), fsConstants.O_RDONLY | fsConstants.O_DIRECTORY)
@@ -284,13 +309,19 @@ function localContenders(fixture: Fixture, storeRoot: string): ReadonlyArray<Con
       await parent.close()
     }
   }
-  const baseline1 = "copyFile+fsync+rename+fsync dir, 1 at a time"
-  const baselineN = `copyFile+fsync+rename+fsync dir, ${DEFAULT_WAL_BACKUP_PARALLEL_JOBS} at a time`
+  const jobs = DEFAULT_WAL_BACKUP_PARALLEL_JOBS
+  const copy1 = "copyFile+fsync+rename+fsync dir, 1 at a time"
+  const chunked1 = "  the same, copied by 1 MiB read+write, 1 at a time"
+  const copyN = `copyFile+fsync+rename+fsync dir, ${jobs} at a time`
+  const chunkedN = `  the same, copied by 1 MiB read+write, ${jobs} at a time`
+  const against = (copy: string, chunked: string) => [{ name: copy, label: "copyFile" }, { name: chunked, label: "read+write" }]
   return [
-    { name: baseline1, run: timedPass(fixture, 1, plainCopy) },
-    { name: "uploadSegment, 1 at a time", against: baseline1, run: sequentialUploads(fixture, storage), verify },
-    { name: baselineN, run: timedPass(fixture, DEFAULT_WAL_BACKUP_PARALLEL_JOBS, plainCopy) },
-    { name: `runWalBackup (${DEFAULT_WAL_BACKUP_PARALLEL_JOBS} jobs)`, against: baselineN, run: walBackupRun(fixture, storage), verify }
+    { name: copy1, run: timedPass(fixture, 1, plainCopy(false)) },
+    { name: chunked1, run: timedPass(fixture, 1, plainCopy(true)) },
+    { name: "uploadSegment, 1 at a time", against: against(copy1, chunked1), run: sequentialUploads(fixture, storage), verify },
+    { name: copyN, run: timedPass(fixture, jobs, plainCopy(false)) },
+    { name: chunkedN, run: timedPass(fixture, jobs, plainCopy(true)) },
+    { name: `runWalBackup (${jobs} jobs)`, against: against(copyN, chunkedN), run: walBackupRun(fixture, storage), verify }
   ]
 }
 
@@ -327,9 +358,9 @@ function s3Contenders(fixture: Fixture, endpoint: string): ReadonlyArray<Contend
       return 0
     } },
     { name: baseline1, run: timedPass(fixture, 1, plainPut) },
-    { name: "uploadSegment, 1 at a time", against: baseline1, run: sequentialUploads(fixture, storage), verify },
+    { name: "uploadSegment, 1 at a time", against: [{ name: baseline1, label: "PutObject" }], run: sequentialUploads(fixture, storage), verify },
     { name: baselineN, run: timedPass(fixture, DEFAULT_WAL_BACKUP_PARALLEL_JOBS, plainPut) },
-    { name: `runWalBackup (${DEFAULT_WAL_BACKUP_PARALLEL_JOBS} jobs)`, against: baselineN, run: walBackupRun(fixture, storage), verify }
+    { name: `runWalBackup (${DEFAULT_WAL_BACKUP_PARALLEL_JOBS} jobs)`, against: [{ name: baselineN, label: "PutObject" }], run: walBackupRun(fixture, storage), verify }
   ]
 }
 
@@ -348,7 +379,9 @@ function timedPass(fixture: Fixture, parallel: number, copy: (segmentNo: number)
   }
 }
 
-async function runContenders(title: string, contenders: ReadonlyArray<Contender>, rounds: number, totalBytes: number): Promise<void> {
+async function runContenders(title: string, all: ReadonlyArray<Contender>, rows: string | undefined, rounds: number, totalBytes: number): Promise<void> {
+  const isBaseline = (contender: Contender) => contender.against === undefined && !contender.name.startsWith("(")
+  const contenders = all.filter((contender) => rows === undefined || (rows === "baseline") === isBaseline(contender))
   // Warm-up: page cache, connections, JIT; and a broken row fails the bench before any timing.
   for (const contender of contenders) {
     await contender.run()
@@ -364,10 +397,10 @@ async function runContenders(title: string, contenders: ReadonlyArray<Contender>
   const middle = (name: string) => median(samples.get(name) ?? [])
   console.log(`  ${title}`)
   for (const contender of timed) {
-    const ratio = contender.against === undefined
-      ? ""
-      : `  ${(best(contender.against) / best(contender.name)).toFixed(2).padStart(5)}x of the copy's MB/s (${(middle(contender.against) / middle(contender.name)).toFixed(2)})`
-    console.log(`    ${contender.name.padEnd(48)}${mbps(best(contender.name)).toFixed(0).padStart(6)} MB/s (${mbps(middle(contender.name)).toFixed(0)})${ratio}`)
+    // Ratio of MB/s: best against best, median against median (in brackets).
+    const ratio = (contender.against ?? []).filter((baseline) => samples.has(baseline.name)).map((baseline) =>
+      `  ${(best(baseline.name) / best(contender.name)).toFixed(2).padStart(5)}x ${baseline.label} (${(middle(baseline.name) / middle(contender.name)).toFixed(2)})`).join("")
+    console.log(`    ${contender.name.padEnd(52)}${mbps(best(contender.name)).toFixed(0).padStart(6)} MB/s (${mbps(middle(contender.name)).toFixed(0)})${ratio}`)
   }
 }
 
