@@ -46,8 +46,9 @@ import { makeS3Client, makeS3RemoteStorage, type S3Config } from "../live/remote
  *   segment then one `PutObject` of those bytes with @aws-sdk/client-s3, no project code.
  * Every project row's objects are compared with the local files after the warm-up round.
  * Environment: SK_BENCH_BACKUP_SEGMENTS (default 8), SK_BENCH_BACKUP_ROUNDS (default 5),
- * SK_BENCH_BACKUP_ONLY ("local" or "s3": one store only), SK_BENCH_BACKUP_ROWS ("project" or
- * "baseline": those rows only, e.g. under `node --cpu-prof`, so a profile shows one side).
+ * SK_BENCH_BACKUP_ONLY ("local" or "s3": one store only), SK_BENCH_BACKUP_ROWS ("project",
+ * "baseline", or text in the rows' names: those rows only, e.g. under `node --cpu-prof`, so a
+ * profile shows one of them).
  */
 const SEGMENT_BYTES = DEFAULT_WAL_SEGMENT_SIZE_BYTES
 const SEGMENTS_DEFAULT = 8
@@ -93,10 +94,29 @@ interface Contender {
   readonly name: string
   /** The baseline rows this one is compared with (a baseline has none), each with a short label. */
   readonly against?: ReadonlyArray<{ readonly name: string; readonly label: string }>
-  /** One pass over every segment; resolves to its wall time in ms (set-up excluded). */
-  readonly run: () => Promise<number>
+  /** One pass over every segment; resolves to its wall and CPU time (set-up excluded). */
+  readonly run: () => Promise<Elapsed>
   /** After the warm-up pass: throws when the objects differ from the local files. */
   readonly verify?: () => Promise<void>
+}
+
+/**
+ * Wall time, and this process's CPU time (all threads: the fs thread pool's copying counts too;
+ * s3rver's child does not). On a shared machine with few cores, CPU per MB moves far less with
+ * other work than MB/s does.
+ */
+interface Elapsed {
+  readonly wallMs: number
+  readonly cpuMs: number
+}
+
+function startClock(): () => Elapsed {
+  const wallStart = performance.now()
+  const cpuStart = process.cpuUsage()
+  return () => {
+    const cpu = process.cpuUsage(cpuStart)
+    return { wallMs: performance.now() - wallStart, cpuMs: (cpu.user + cpu.system) / 1000 }
+  }
 }
 
 const liveDisk = makeLiveDisk()
@@ -108,7 +128,6 @@ export async function benchBackup(): Promise<void> {
   const only = process.env["SK_BENCH_BACKUP_ONLY"]
   if (only !== undefined && only !== "local" && only !== "s3") throw new Error(`SK_BENCH_BACKUP_ONLY must be "local" or "s3", got ${only}`)
   const rows = process.env["SK_BENCH_BACKUP_ROWS"]
-  if (rows !== undefined && rows !== "project" && rows !== "baseline") throw new Error(`SK_BENCH_BACKUP_ROWS must be "project" or "baseline", got ${rows}`)
   // The SDK's notice that its 2027 releases need Node 22 says nothing about this machine's figures.
   process.env["AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED"] ??= "true"
   const root = mkdtempSync(join(tmpdir(), "sk-bench-backup-"))
@@ -117,7 +136,7 @@ export async function benchBackup(): Promise<void> {
     const started = performance.now()
     const fixture = await buildFixture(join(root, "timeline"), segments)
     console.log(`backup: ${segments} full 16 MiB segments (${(fixture.totalBytes / 1e6).toFixed(0)} MB) of a live timeline in ${root}, ` +
-      `built in ${((performance.now() - started) / 1000).toFixed(1)} s; best of ${rounds} interleaved rounds after a warm-up (median in brackets); ` +
+      `built in ${((performance.now() - started) / 1000).toFixed(1)} s; best of ${rounds} interleaved rounds after a warm-up (median in brackets), CPU of this process per MB (median); ` +
       `load average ${loadavg().map((load) => load.toFixed(2)).join(" ")}`)
     if (only !== "s3") {
       await runContenders("local directory store (live/remote-storage-local.ts), fsync on", localContenders(fixture, join(root, "store")), rows, rounds, fixture.totalBytes)
@@ -214,13 +233,13 @@ const objectPathOf = (segmentNo: number): string => segmentObjectPath(KEY, segme
 // ------------------------------------------------------------------ the project's rows
 
 /** `uploadSegment` of every segment in turn; the timeline is opened before the clock starts. */
-function sequentialUploads(fixture: Fixture, storage: RemoteStorage["Service"]): () => Promise<number> {
+function sequentialUploads(fixture: Fixture, storage: RemoteStorage["Service"]): () => Promise<Elapsed> {
   return async () => {
     const timeline = await openTimeline(fixture)
     try {
-      const started = performance.now()
+      const elapsed = startClock()
       await runTimed(Effect.forEach(fixture.segmentNos, (segmentNo) => uploadSegment(timeline, segmentNo), { discard: true }), storage)
-      return performance.now() - started
+      return elapsed()
     } finally {
       await Effect.runPromise(timeline.wal.close)
     }
@@ -228,18 +247,18 @@ function sequentialUploads(fixture: Fixture, storage: RemoteStorage["Service"]):
 }
 
 /** `runWalBackup` from the first segment until backup_lsn reaches the open segment. */
-function walBackupRun(fixture: Fixture, storage: RemoteStorage["Service"]): () => Promise<number> {
+function walBackupRun(fixture: Fixture, storage: RemoteStorage["Service"]): () => Promise<Elapsed> {
   const target = segmentStartLsn(fixture.segmentNos.at(-1)! + 1, SEGMENT_BYTES)
   return async () => {
     const timeline = await openTimeline(fixture)
     try {
-      const started = performance.now()
+      const elapsed = startClock()
       await runTimed(Effect.gen(function* () {
         const backup = yield* Effect.forkChild(runWalBackup(timeline))
         yield* timeline.positions.waitUntil((positions) => positions.backupLsn >= target)
         yield* Fiber.interrupt(backup)
       }), storage)
-      return performance.now() - started
+      return elapsed()
     } finally {
       await Effect.runPromise(timeline.wal.close)
     }
@@ -355,7 +374,7 @@ function s3Contenders(fixture: Fixture, endpoint: string): ReadonlyArray<Contend
       await plain.send(new CreateBucketCommand({ Bucket: BUCKET })).catch((error: unknown) => {
         if (!(error instanceof Error && error.name === "BucketAlreadyExists") && !(error instanceof Error && error.name === "BucketAlreadyOwnedByYou")) throw error
       })
-      return 0
+      return { wallMs: 0, cpuMs: 0 }
     } },
     { name: baseline1, run: timedPass(fixture, 1, plainPut) },
     { name: "uploadSegment, 1 at a time", against: [{ name: baseline1, label: "PutObject" }], run: sequentialUploads(fixture, storage), verify },
@@ -367,40 +386,46 @@ function s3Contenders(fixture: Fixture, endpoint: string): ReadonlyArray<Contend
 // ------------------------------------------------------------------ running and printing
 
 /** Every segment through `copy`, at most `parallel` at once, in segment order. */
-function timedPass(fixture: Fixture, parallel: number, copy: (segmentNo: number) => Promise<void>): () => Promise<number> {
+function timedPass(fixture: Fixture, parallel: number, copy: (segmentNo: number) => Promise<void>): () => Promise<Elapsed> {
   return async () => {
-    const started = performance.now()
+    const elapsed = startClock()
     let next = 0
     const worker = async () => {
       while (next < fixture.segmentNos.length) await copy(fixture.segmentNos[next++]!)
     }
     await Promise.all(Array.from({ length: Math.min(parallel, fixture.segmentNos.length) }, worker))
-    return performance.now() - started
+    return elapsed()
   }
 }
 
 async function runContenders(title: string, all: ReadonlyArray<Contender>, rows: string | undefined, rounds: number, totalBytes: number): Promise<void> {
   const isBaseline = (contender: Contender) => contender.against === undefined && !contender.name.startsWith("(")
-  const contenders = all.filter((contender) => rows === undefined || (rows === "baseline") === isBaseline(contender))
+  const contenders = all.filter((contender) => contender.name.startsWith("(") || rows === undefined ||
+    (rows === "project" || rows === "baseline" ? (rows === "baseline") === isBaseline(contender) : contender.name.includes(rows)))
   // Warm-up: page cache, connections, JIT; and a broken row fails the bench before any timing.
   for (const contender of contenders) {
     await contender.run()
     await contender.verify?.()
   }
   const timed = contenders.filter((contender) => !contender.name.startsWith("("))
-  const samples = new Map<string, number[]>(timed.map((contender) => [contender.name, []]))
+  const samples = new Map<string, Elapsed[]>(timed.map((contender) => [contender.name, []]))
   for (let round = 0; round < rounds; round++) {
     for (const contender of timed) samples.get(contender.name)?.push(await contender.run())
   }
-  const mbps = (ms: number) => totalBytes / 1e6 / (ms / 1000)
-  const best = (name: string) => Math.min(...(samples.get(name) ?? []))
-  const middle = (name: string) => median(samples.get(name) ?? [])
+  const megabytes = totalBytes / 1e6
+  const mbps = (ms: number) => megabytes / (ms / 1000)
+  const walls = (name: string) => (samples.get(name) ?? []).map((sample) => sample.wallMs)
+  const best = (name: string) => Math.min(...walls(name))
+  const middle = (name: string) => median(walls(name))
+  const cpuPerMb = (name: string) => median((samples.get(name) ?? []).map((sample) => sample.cpuMs)) / megabytes
   console.log(`  ${title}`)
   for (const contender of timed) {
-    // Ratio of MB/s: best against best, median against median (in brackets).
+    // Ratio of MB/s: best against best, median against median (in brackets); CPU per MB as is.
     const ratio = (contender.against ?? []).filter((baseline) => samples.has(baseline.name)).map((baseline) =>
-      `  ${(best(baseline.name) / best(contender.name)).toFixed(2).padStart(5)}x ${baseline.label} (${(middle(baseline.name) / middle(contender.name)).toFixed(2)})`).join("")
-    console.log(`    ${contender.name.padEnd(52)}${mbps(best(contender.name)).toFixed(0).padStart(6)} MB/s (${mbps(middle(contender.name)).toFixed(0)})${ratio}`)
+      `  ${(best(baseline.name) / best(contender.name)).toFixed(2).padStart(5)}x ${baseline.label} (${(middle(baseline.name) / middle(contender.name)).toFixed(2)})` +
+      ` cpu ${(cpuPerMb(contender.name) / cpuPerMb(baseline.name)).toFixed(1)}x`).join("")
+    console.log(`    ${contender.name.padEnd(52)}${mbps(best(contender.name)).toFixed(0).padStart(6)} MB/s (${mbps(middle(contender.name)).toFixed(0)})` +
+      `${cpuPerMb(contender.name).toFixed(2).padStart(6)} ms cpu/MB${ratio}`)
   }
 }
 
