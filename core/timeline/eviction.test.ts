@@ -33,6 +33,7 @@ import {
   SEGMENT_BYTES,
   START,
   timelineDirectory,
+  WAL,
   walBytes
 } from "./manager-testing.js"
 import { OffloadedWal } from "./offloaded-wal.js"
@@ -390,17 +391,17 @@ describe("unevictTimeline", () => {
     expectRefusedAndStillOffloaded(unevictFromCorruptRemote(4, corrupt))
   })
 
-  // BUG (reported, not fixed here: core/timeline/eviction.ts is not this test's file): a remote
-  // partial of the right length whose bytes are corrupt is brought back as the timeline's WAL.
-  // unevictTimeline checks only the object's length, then reopens the segment store, whose end
-  // discovery decodes from commit_lsn on; at eviction commit_lsn == flush_lsn, so nothing of the
-  // downloaded bytes is ever decoded, and the corrupt WAL is then served as committed WAL.
-  // Expected: the downloaded bytes are decoded (page headers and record CRCs) from the segment
-  // start before the durable rename, and a mismatch is an UnevictError.
-  test.fails.each<[string, (bytes: Uint8Array) => Uint8Array]>([
-    ["a flipped bit in its last record", (bytes) => bytes.map((byte, i) => (i === OFFSET - 7 ? byte ^ 0x40 : byte))],
-    ["a broken first page header", (bytes) => bytes.map((byte, i) => (i === 2 ? byte ^ 0xff : byte))]
-  ])("BUG: a remote partial with %s fails un-eviction with a typed error", (_name, corrupt) => {
+  // A remote partial of the right length whose bytes are corrupt must not come back as the
+  // timeline's WAL: end discovery decodes from commit_lsn (== flush_lsn at eviction), so none of
+  // the downloaded bytes would be read; un-eviction decodes them (page headers, record CRCs)
+  // from the segment's start before the durable rename. (Found by this test: the first
+  // version checked only the length.)
+  const lastRecord = WAL.records.find((r) => r.nextLsn === FLUSH)!
+  test.each<[string, (bytes: Uint8Array) => Uint8Array]>([
+    ["a flipped bit in its last record", (bytes) => bytes.map((byte, i) => (i === lastRecord.startLsn + 30 - OPEN_START ? byte ^ 0x40 : byte))],
+    ["a broken first page header", (bytes) => bytes.map((byte, i) => (i === 2 ? byte ^ 0xff : byte))],
+    ["a record in the middle zeroed", (bytes) => bytes.map((byte, i) => (i >= OFFSET / 2 && i < OFFSET / 2 + 64 ? 0 : byte))]
+  ])("a remote partial with %s fails un-eviction with a typed error", (_name, corrupt) => {
     expectRefusedAndStillOffloaded(unevictFromCorruptRemote(5, corrupt))
   })
 })

@@ -1,9 +1,11 @@
-import { Effect, Schema } from "effect"
+import { Effect, Result, Schema } from "effect"
 import type { PartialRemoteSegment, PersistedState } from "../acceptor/state.js"
 import { Disk, type DiskError, joinPath } from "../io/disk.js"
 import { logInfo } from "../io/log.js"
 import type { RemoteStorage } from "../io/remote-storage.js"
-import { formatLsn, type Lsn, segmentFileName, segmentNoOf, segmentOffsetOf } from "../wal/lsn.js"
+import { WalDecoder } from "../wal/decoder.js"
+import { formatLsn, Lsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
+import { standardPageHeaderSizeBytes } from "../wal/page.js"
 import { PARTIAL_SUFFIX, WAL_TIMELINE_ID } from "../wal/segment-store.js"
 import { openTimelineStorage } from "./open.js"
 import { partialObjectPath } from "./remote-layout.js"
@@ -108,6 +110,36 @@ const readWhole = (path: string) =>
   })
 
 /**
+ * The partial's bytes must decode as WAL (page headers, record lengths, CRC32C) from the
+ * segment's start, or the timeline's start in its first segment, to exactly `flushLsn`: a
+ * corrupt object of the right length is caught here, before it replaces local WAL. (The tail
+ * of a record continued from the previous segment is skipped: its checksum lives there.)
+ */
+export function partialWalProblem(bytes: Uint8Array, segmentNo: number, state: PersistedState, flushLsn: Lsn): string | undefined {
+  const segmentSizeBytes = state.server.walSegSizeBytes
+  const segmentStart = segmentStartLsn(segmentNo, segmentSizeBytes)
+  // In the timeline's first segment, from the page holding its start when the WAL begins right
+  // after that page's header (the generated prefix: its header is checked too), else from the start.
+  let startLsn = Math.max(segmentStart, state.timelineStartLsn)
+  const pageStart = startLsn - (startLsn % XLOG_BLCKSZ_BYTES)
+  if (pageStart >= segmentStart && startLsn === pageStart + standardPageHeaderSizeBytes(pageStart, segmentSizeBytes)) startLsn = pageStart
+  if (startLsn >= flushLsn) return undefined
+  const made = WalDecoder.make({
+    startLsn: Lsn(startLsn),
+    segmentSizeBytes,
+    systemId: state.server.systemId === 0n ? undefined : state.server.systemId
+  })
+  if (Result.isFailure(made)) return `cannot decode from ${formatLsn(startLsn)}: ${made.failure.message}`
+  const decoder = made.success
+  decoder.scan(bytes.subarray(startLsn - segmentStart))
+  if (decoder.nextRecordLsn !== flushLsn) {
+    const why = decoder.error === undefined ? "the last record is incomplete" : decoder.error.message
+    return `it decodes to ${formatLsn(decoder.nextRecordLsn)} (${why})`
+  }
+  return undefined
+}
+
+/**
  * Evicts the timeline (the manager calls it once `evictionBlocker` says nothing blocks). Under
  * the residence lock, so no guard is taken meanwhile; re-checks that no guard is held.
  * Returns false when it did not evict (a check failed: logged).
@@ -167,6 +199,10 @@ export const unevictTimeline = (timeline: Timeline, remote: RemoteStorage["Servi
     const remoteBytes = yield* remote.get(partialObjectPath(timeline.key, partial.name))
     if (remoteBytes.length !== offset) {
       return yield* new UnevictError({ message: `remote partial ${partial.name} holds ${remoteBytes.length} bytes, expected ${offset}` })
+    }
+    const walProblem = partialWalProblem(remoteBytes, segmentNo, state, flushLsn)
+    if (walProblem !== undefined) {
+      return yield* new UnevictError({ message: `remote partial ${partial.name} is not valid WAL up to ${formatLsn(flushLsn)}: ${walProblem}` })
     }
     const local = yield* readWhole(localPath)
     const localUsable = local !== undefined && checkAgainstRemote(local, remoteBytes, offset, segmentSizeBytes) === undefined
