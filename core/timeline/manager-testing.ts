@@ -73,15 +73,15 @@ export function appendOf(beginLsn: number, walData: Uint8Array, commitLsn: numbe
   }
 }
 
-/** Appends the generated WAL from the timeline's flush_lsn to `upTo` (a record end), committing it. */
-export const appendUpTo = (timeline: Timeline, upTo: number, term: number = 1) =>
+/** Appends the generated WAL from the timeline's flush_lsn to `upTo` (a record end), committing it up to `commitUpTo`. */
+export const appendUpTo = (timeline: Timeline, upTo: number, term: number = 1, commitUpTo: number = upTo) =>
   Effect.gen(function* () {
     let beginLsn: number = timeline.acceptor.flushLsn()
     while (beginLsn < upTo) {
       let endLsn = beginLsn
       for (const record of WAL.records) if (record.nextLsn > beginLsn && record.nextLsn <= upTo && record.nextLsn - beginLsn <= 200_000) endLsn = record.nextLsn
       assert(endLsn > beginLsn, `a record ends between ${beginLsn} and ${upTo}`)
-      yield* timeline.handle(appendOf(beginLsn, walBytes(beginLsn, endLsn), endLsn, term))
+      yield* timeline.handle(appendOf(beginLsn, walBytes(beginLsn, endLsn), Math.min(endLsn, commitUpTo), term))
       beginLsn = endLsn
     }
   })
@@ -92,11 +92,13 @@ export interface MakeTimelineOptions {
   readonly nodeId?: number
   /** A record end: WAL is appended and committed up to it. */
   readonly upTo?: number
+  /** A record end at or below upTo: commit_lsn goes no further (default upTo). */
+  readonly commitUpTo?: number
   /** Object storage the timeline reads removed segments from. */
   readonly remote?: RemoteStorage["Service"]
 }
 
-/** A timeline in `<datadir>/<tenant>/<timeline>`, elected at term 1, holding committed WAL up to `upTo`. */
+/** A timeline in `<datadir>/<tenant>/<timeline>`, elected at term 1, holding WAL up to `upTo`, committed up to `commitUpTo`. */
 export const makeTimeline = (options: MakeTimelineOptions = {}) =>
   Effect.gen(function* () {
     const disk = yield* Disk
@@ -115,7 +117,7 @@ export const makeTimeline = (options: MakeTimelineOptions = {}) =>
     yield* timeline.handle({ _tag: "ProposerGreeting", ...key, mconf: MCONF, pgVersion: PG_VERSION_NUM, systemId: TEST_SYSTEM_ID, walSegSizeBytes: SEGMENT_BYTES })
     yield* timeline.handle({ _tag: "VoteRequest", generation: Generation(1), term: Term(1) })
     yield* timeline.handle({ _tag: "ProposerElected", generation: Generation(1), term: Term(1), startStreamingAt: START, termHistory: [{ term: Term(1), lsn: START }] })
-    yield* appendUpTo(timeline, options.upTo ?? WAL_END)
+    yield* appendUpTo(timeline, options.upTo ?? WAL_END, 1, options.commitUpTo ?? options.upTo ?? WAL_END)
     return timeline
   })
 
