@@ -360,7 +360,7 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
     // The full node is the offloader or not, by seed (a non-offloader learns backup_lsn only
     // through the broker, and must persist it before removing).
     name: "incident-4101-full-disk-removal",
-    description: "Neon #4101: a safekeeper's disk fills while WAL removal is due; it must free space by removing backed-up segments or fail-stop cleanly, never lose WAL",
+    description: "Neon #4101: a safekeeper's disk fills while WAL removal is due; it must free space by removing backed-up segments or fail-stop cleanly, never lose WAL (removal-stuck-on-full-disk marks the deadlock: removal needs a control-file write that does not fit)",
     expectedMarks: ["disk-full-survived", "fail-stop-after-disk-error", "wal-backup-uploaded", "wal-removed", "commit-after-faults", "full-disk-hit", "removed-after-disk-full"],
     plan: (j) => ({
       ...BASE,
@@ -369,22 +369,46 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
       messageBytes: 2_000,
       pageserver: true,
       offload: offloadPlan(j),
-      capacityLimit: { pick: j.float() < 0.5 ? OFFLOADER_PICK : 0.5 + j.float() / 2, capacityBytes: j.between(2, 4) * 1024 * 1024 + j.between(0, 64 * 1024) },
-      actions: spread(j, 2, 500_000, 5_500_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: j.float(), restartAfterUs: j.between(50_000, 300_000) }))
+      // Two or three segments (a node must hold the open segment and the next one to go on)
+      // and a slack of 400 to 1,200 bytes: room for the control file (about 360 bytes, more
+      // with partial-backup entries), and by seed for a second copy or not, so that once full
+      // a control-file write (a temporary file beside the old one) may not fit, as in #4101.
+      capacityLimit: { pick: j.float() < 0.5 ? OFFLOADER_PICK : 0.5 + j.float() / 2, capacityBytes: j.between(2, 3) * 1024 * 1024 + j.between(400, 1_200) },
+      actions: [
+        // The pageserver away for a while holds remote_consistent_lsn, so removal falls behind
+        // and the disk fills; when it is back the horizon moves, and removal is due.
+        { kind: "crash-pageserver", atUs: j.between(800_000, 1_500_000), restartAfterUs: j.between(1_000_000, 2_500_000) },
+        ...spread(j, 2, 500_000, 5_500_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: j.float(), restartAfterUs: j.between(50_000, 300_000) }))
+      ]
     }),
     traceMarks: (events) => {
       const marks: string[] = []
       const liveUs = livenessStartUs(events)
       const full = events.map((event) => nemesis(event, "capacity-limit")).find((nodes) => nodes !== undefined)?.[0]
       let fullAtUs: number | undefined
+      let removedByFull = false
+      let removedByPeer = false
       for (const event of events) {
-        if (event.node !== full || event.atUs >= liveUs) continue
-        if (fullAtUs === undefined && logged(event, "fatal disk failure: stopping the safekeeper") && event.text.includes("ENOSPC")) {
+        if (event.atUs >= liveUs) break
+        if (event.node !== full) {
+          if (fullAtUs !== undefined && logged(event, "wal removed")) removedByPeer = true
+          continue
+        }
+        // "disk full" is how a failed write reads in the fatal reason (ENOSPC on a WAL write, or
+        // on the manager's control-file save).
+        if (fullAtUs === undefined && logged(event, "fatal disk failure: stopping the safekeeper") && /ENOSPC|disk full/.test(event.text)) {
           fullAtUs = event.atUs
           marks.push("full-disk-hit")
         }
-        if (fullAtUs !== undefined && logged(event, "wal removed")) marks.push("removed-after-disk-full")
+        if (fullAtUs !== undefined && logged(event, "wal removed")) {
+          removedByFull = true
+          marks.push("removed-after-disk-full")
+        }
       }
+      // #4101 itself: once full, the node never removed anything until the operator grew its
+      // disk, though its peers went on removing (their horizon moved; its own persisted one
+      // could not, since persisting it needs a control-file write that no longer fits).
+      if (fullAtUs !== undefined && !removedByFull && removedByPeer) marks.push("removal-stuck-on-full-disk")
       return marks
     }
   },
