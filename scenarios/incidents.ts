@@ -420,7 +420,7 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
     // (un-eviction racing a crash). Every evicted or unevicted state must keep the committed WAL.
     name: "incident-9428-eviction-races",
     description: "Neon #9428/#8335: eviction racing a new push, a replication start and a partial upload; un-eviction racing a crash; no committed WAL lost, no thrash left stuck",
-    expectedMarks: ["timeline-evicted", "timeline-unevicted", "partial-backup-uploaded", "consumer-received-wal", "commit-after-faults", "evicted-then-crashed", "unevicted-after-restart"],
+    expectedMarks: ["timeline-evicted", "timeline-unevicted", "partial-backup-uploaded", "consumer-received-wal", "commit-after-faults", "checked-evicted-wal", "evicted-then-crashed", "unevicted-after-restart", "unevicted-by-push", "unevicted-by-replication"],
     plan: (j) => {
       const idles = [j.between(600_000, 900_000), j.between(3_400_000, 3_800_000)]
       const idleUs = () => j.between(1_800_000, 2_400_000)
@@ -446,13 +446,21 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
       const marks: string[] = []
       /** Per node: the life in which its timeline was last evicted and not unevicted since. */
       const evictedIn = new Map<string, number>()
+      /** Per node: who opened its latest connection (the likely cause of an un-eviction). */
+      const lastConnection = new Map<string, { readonly life: number; readonly application: string }>()
       for (const event of events) {
         if (event.life === undefined) continue
-        if (logged(event, "timeline evicted")) evictedIn.set(event.node, event.life)
+        if (logged(event, "connection started")) {
+          const application = /application_name=(\S+)/.exec(event.text)?.[1]
+          if (application !== undefined) lastConnection.set(event.node, { life: event.life, application })
+        } else if (logged(event, "timeline evicted")) evictedIn.set(event.node, event.life)
         else if (logged(event, "timeline unevicted")) {
           const life = evictedIn.get(event.node)
           if (life !== undefined && event.life > life) marks.push("unevicted-after-restart")
           evictedIn.delete(event.node)
+          const cause = lastConnection.get(event.node)
+          if (cause?.life === event.life && cause.application === "walproposer") marks.push("unevicted-by-push")
+          if (cause?.life === event.life && cause.application === "pageserver") marks.push("unevicted-by-replication")
         } else if (event.text.startsWith("world crash") && evictedIn.get(event.node) === event.life) marks.push("evicted-then-crashed")
       }
       return marks
