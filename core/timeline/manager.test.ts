@@ -72,6 +72,21 @@ const eventually = (what: string, done: () => boolean, timeoutUs = 10_000_000) =
     }
   })
 
+const raiseRemoteConsistent = (timeline: Timeline, lsn: number) =>
+  timeline.applyPeerInfo({ commitLsn: 0, lastLogTerm: timeline.acceptor.lastLogTerm(), backupLsn: 0, remoteConsistentLsn: lsn, peerHorizonLsn: 0 })
+/** What the periodic control-file save does at its interval: the in-memory values made durable. */
+const persistNow = (timeline: Timeline) => timeline.modifyPersisted((draft) => draft)
+
+const localSegments = (directory: string) =>
+  Effect.gen(function* () {
+    const disk = yield* Disk
+    const present: number[] = []
+    for (let segmentNo = FIRST; segmentNo <= OPEN; segmentNo++) {
+      if ((yield* disk.stat(localSegmentPath(directory, segmentNo, false))) !== undefined || (yield* disk.stat(localSegmentPath(directory, segmentNo, true))) !== undefined) present.push(segmentNo)
+    }
+    return present
+  })
+
 describe("offloader election in the manager", () => {
   // Timeline ids whose u128 (Neon's little-endian reading) is 0, 1, 2: with three caught-up
   // candidates [1, 2, 3] they go to safekeepers 1, 2, 3; with [2, 3] to 2, 3, 2.
@@ -192,21 +207,6 @@ describe("WAL removal in the manager", () => {
       return problems
     })
   }
-
-  const raiseRemoteConsistent = (timeline: Timeline, lsn: number) =>
-    timeline.applyPeerInfo({ commitLsn: 0, lastLogTerm: timeline.acceptor.lastLogTerm(), backupLsn: 0, remoteConsistentLsn: lsn, peerHorizonLsn: 0 })
-  /** What the periodic control-file save does at its interval: the in-memory values made durable. */
-  const persistNow = (timeline: Timeline) => timeline.modifyPersisted((draft) => draft)
-
-  const localSegments = (directory: string) =>
-    Effect.gen(function* () {
-      const disk = yield* Disk
-      const present: number[] = []
-      for (let segmentNo = FIRST; segmentNo <= OPEN; segmentNo++) {
-        if ((yield* disk.stat(localSegmentPath(directory, segmentNo, false))) !== undefined || (yield* disk.stat(localSegmentPath(directory, segmentNo, true))) !== undefined) present.push(segmentNo)
-      }
-      return present
-    })
 
   test("remote_consistent_lsn bounds removal by its persisted value only, and no removal happens while a snapshot holds it", () => {
     expect(OPEN - FIRST).toBeGreaterThanOrEqual(3)
@@ -351,6 +351,80 @@ describe("WAL removal in the manager", () => {
     expect(fatals).toEqual([])
     expect(observed.persistedRemoteConsistent).toBe(segmentStartLsn(FIRST + 2, SEGMENT_BYTES) + 100)
     expect(observed.removed).toBe(FIRST + 1)
+  })
+})
+
+describe("eviction by the manager", () => {
+  // The whole path on one idle timeline: backup uploads the full segments, removal drops them,
+  // partial backup uploads the open one, then the manager evicts; a WAL user brings it back.
+  const evictingConfig = (overrides: Partial<BackgroundConfig> = {}) => testBackgroundConfig(1, {
+    walBackup: WAL_BACKUP,
+    partialBackup: { timeoutUs: 200_000 },
+    eviction: { deleteOffloadedWal: true, minResidentUs: 500_000 },
+    ...overrides
+  })
+
+  const evictIdle = (seed: number, config: BackgroundConfig) => {
+    const store = new MapStore()
+    const log = new LogLines()
+    const fatals: string[] = []
+    const result = runLab(new DiskLab(seed), Effect.gen(function* () {
+      const timeline = yield* makeTimeline({ remote: store.service })
+      // The pageserver has everything: the timeline is idle (not active) once backed up.
+      yield* raiseRemoteConsistent(timeline, WAL_END)
+      const manager = yield* Effect.forkChild(runManager(timeline, config, fatalInto(fatals)))
+      yield* timeline.positions.waitUntil((p) => p.backupLsn >= segmentStartLsn(OPEN, SEGMENT_BYTES))
+      const deadlineUs = (yield* monotonicUs) + 10_000_000
+      while (!timeline.isOffloaded && (yield* monotonicUs) < deadlineUs) yield* sleepUs(50_000)
+      const evicted = { offloaded: timeline.isOffloaded, removed: timeline.lastRemovedSegmentNo, present: yield* localSegments(timeline.directory) }
+      if (!evicted.offloaded) {
+        yield* Fiber.interrupt(manager)
+        return { evicted, back: undefined }
+      }
+      const read = yield* timeline.withResidence(Effect.suspend(() => timeline.read(Lsn(segmentStartLsn(OPEN, SEGMENT_BYTES)), 4000)))
+      const back = { offloaded: timeline.isOffloaded, read, flushLsn: timeline.acceptor.flushLsn(), oldRead: yield* timeline.read(START, 4000) }
+      yield* Fiber.interrupt(manager)
+      return { evicted, back }
+    }), store, log)
+    return { result, log, fatals }
+  }
+
+  test("left to the manager, an idle, backed-up timeline is evicted (its WAL gone from disk) and a reader brings it back", () => {
+    const { result, log, fatals } = evictIdle(41, evictingConfig())
+    expect(fatals).toEqual([])
+    expect(result.evicted).toEqual({ offloaded: true, removed: OPEN - 1, present: [] })
+    expect(log.count("timeline evicted")).toBe(1)
+    expect(result.back?.offloaded).toBe(false)
+    expect(result.back?.flushLsn).toBe(WAL_END)
+    expect(equalBytes(result.back!.read, walBytes(segmentStartLsn(OPEN, SEGMENT_BYTES), segmentStartLsn(OPEN, SEGMENT_BYTES) + 4000))).toBe(true)
+    // The removed first segment still reads, from object storage.
+    expect(equalBytes(result.back!.oldRead, walBytes(START, START + 4000))).toBe(true)
+    expect(log.count("timeline unevicted")).toBe(1)
+  })
+
+  test("no eviction while a residence guard is held (a push or a reader); eviction follows its release", () => {
+    const store = new MapStore()
+    const log = new LogLines()
+    const fatals: string[] = []
+    const observed = runLab(new DiskLab(42), Effect.gen(function* () {
+      const timeline = yield* makeTimeline({ remote: store.service })
+      yield* raiseRemoteConsistent(timeline, WAL_END)
+      let released = false
+      yield* Effect.forkChild(timeline.withResidence(sleepUs(3_000_000)).pipe(Effect.ensuring(Effect.sync(() => {
+        released = true
+      }))))
+      const manager = yield* Effect.forkChild(runManager(timeline, evictingConfig(), fatalInto(fatals)))
+      yield* sleepUs(2_500_000)
+      const held = { offloaded: timeline.isOffloaded, removed: timeline.lastRemovedSegmentNo, partials: log.count("partial backup uploaded"), guards: timeline.residenceGuards }
+      yield* eventually("released", () => released)
+      yield* eventually("evicted", () => timeline.isOffloaded)
+      yield* Fiber.interrupt(manager)
+      return held
+    }), store, log)
+    expect(fatals).toEqual([])
+    // Everything else was ready: WAL removed, the partial uploaded.
+    expect(observed).toEqual({ offloaded: false, removed: OPEN - 1, partials: 1, guards: 1 })
+    expect(log.count("timeline evicted")).toBe(1)
   })
 })
 
