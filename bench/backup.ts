@@ -32,18 +32,22 @@ import { makeS3Client, makeS3RemoteStorage, type S3Config } from "../live/remote
  *
  * The timeline: a data directory in a temp dir on the live Disk, fed generated WAL through
  * greeting, vote, elected and appends until it holds SK_BENCH_BACKUP_SEGMENTS full 16 MiB
- * segments (and an open one); its control file, commit_lsn persisted and backup_lsn 0, is kept
- * and written back before each round, so every round uploads every segment.
+ * segments (and an open one); its control file, commit_lsn persisted and nothing backed up, is
+ * kept and written back before each round, so every round uploads every segment.
  *
  * Project rows (fsync on, the live Disk, logs at warn and above):
  * - `uploadSegment` of each segment in turn (one put at a time);
- * - `runWalBackup` with the default parallel jobs, from backup_lsn 0 until backup_lsn reaches
- *   the open segment (so control-file saves of backup_lsn are included).
+ * - `runWalBackup` with the default parallel jobs, from the first segment until backup_lsn
+ *   reaches the open segment (so control-file saves of backup_lsn are included).
  * Baselines, with the same concurrency as the row they stand beside:
  * - local directory store: `copyFile` to `<root>/.tmp`, fsync, rename to the object's file,
- *   fsync of its directory (the store's own durability steps, nothing else);
+ *   fsync of its directory (the store's own durability steps, nothing else); and the same with
+ *   the copy done by 1 MiB preads and pwrites through JavaScript buffers, as the real path
+ *   reads and writes, which tells the cost of copying through user space from the project's;
  * - S3 (s3rver on 127.0.0.1, started here in a child node and stopped after): `readFile` of the
  *   segment then one `PutObject` of those bytes with @aws-sdk/client-s3, no project code.
+ * Each row prints MB/s (best, median) and this process's CPU per MB; ratios are the project
+ * row's MB/s over the baseline's, and CPU per MB over the baseline's.
  * Every project row's objects are compared with the local files after the warm-up round.
  * Environment: SK_BENCH_BACKUP_SEGMENTS (default 8), SK_BENCH_BACKUP_ROUNDS (default 5),
  * SK_BENCH_BACKUP_ONLY ("local" or "s3": one store only), SK_BENCH_BACKUP_ROWS ("project",
