@@ -320,15 +320,12 @@ describe("WAL removal in the manager", () => {
     expect(removalProblems(removals)).toEqual([])
   })
 
-  // BUG (reported, not fixed here: core/timeline/timeline.ts is not this test's file): the
-  // periodic control-file save (`--control-file-save-interval`) calls
-  // persistInMemoryIf("Always"), which returns early unless the in-memory commit_lsn is ahead
-  // of the persisted one. Reference §6: the manager persists when the in-memory state is dirty
-  // (commit, backup, peer horizon or remote_consistent moved) and the interval elapsed. On an
-  // idle timeline a remote_consistent_lsn (or backup_lsn) that moved by less than a segment is
-  // never persisted, so WAL removal, which reads the persisted values, stops a segment short
-  // for good, and with it eviction ("older segments not removed yet").
-  test.fails("BUG: the periodic control-file save persists a moved remote_consistent_lsn on an idle timeline, and removal follows", () => {
+  // The periodic control-file save (`--control-file-save-interval`) persists whatever in-memory
+  // value moved (reference §6), not only commit_lsn: on an idle timeline a remote_consistent_lsn
+  // (or backup_lsn) that moved by less than a segment would otherwise never be persisted, and WAL
+  // removal, which reads the persisted values, would stop a segment short for good (found by
+  // this test).
+  test("the periodic control-file save persists a moved remote_consistent_lsn on an idle timeline, and removal follows", () => {
     const store = new MapStore()
     const log = new LogLines()
     const observed: Record<string, number> = {}

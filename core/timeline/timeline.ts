@@ -200,9 +200,12 @@ export class Timeline {
    */
   persistInMemoryIf(when: "SegmentAhead" | "Always"): Effect.Effect<void, AcceptorFailure, Disk> {
     return Effect.suspend(() => {
-      const snapshot = this.acceptor.snapshot()
-      const ahead = snapshot.inMemory.commitLsn - snapshot.persisted.commitLsn
-      if (ahead <= 0 || (when === "SegmentAhead" && ahead < this.segmentSizeBytes)) return Effect.void
+      const { inMemory, persisted } = this.acceptor.snapshot()
+      const ahead = inMemory.commitLsn - persisted.commitLsn
+      // The periodic save (reference §6) runs when any in-memory value moved, not only commit.
+      const dirty = ahead > 0 || inMemory.backupLsn > persisted.backupLsn ||
+        inMemory.remoteConsistentLsn > persisted.remoteConsistentLsn || inMemory.peerHorizonLsn > persisted.peerHorizonLsn
+      if (when === "Always" ? !dirty : ahead < this.segmentSizeBytes) return Effect.void
       return Effect.uninterruptible(this.published(this.acceptor.persistInMemory))
     })
   }
@@ -251,7 +254,8 @@ export class Timeline {
    * transparently (on-demand download).
    */
   read(startLsn: Lsn, lengthBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
-    return this.wal.read(startLsn, lengthBytes).pipe(
+    // Suspended: the storage is the one current when the read runs (eviction replaces it).
+    return Effect.suspend(() => this.wal.read(startLsn, lengthBytes)).pipe(
       Effect.catchIf((error) => this.isRemoved(error, startLsn), () => this.readRemoved(startLsn, lengthBytes))
     )
   }
@@ -261,6 +265,10 @@ export class Timeline {
    * segment store reads in place; other storage, and object storage, is copied.
    */
   readWithHeadroom(startLsn: Lsn, lengthBytes: number, headroomBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
+    return Effect.suspend(() => this.readWithHeadroomNow(startLsn, lengthBytes, headroomBytes))
+  }
+
+  private readWithHeadroomNow(startLsn: Lsn, lengthBytes: number, headroomBytes: number): Effect.Effect<Uint8Array, WalReadFailure, Log> {
     const wal = this.wal
     const copied = Effect.map(this.read(startLsn, lengthBytes), (data) => {
       const frame = new Uint8Array(headroomBytes + data.byteLength)
