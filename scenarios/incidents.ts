@@ -4,7 +4,8 @@ import { type FaultAction, type OffloadPlan, runService, type ServicePlan } from
 
 /**
  * One scenario per real incident of Neon's safekeeper (reference §16) that applies to what this
- * service has today (no backup, no pull_timeline, no membership changes yet). Each writes the
+ * service has today (backup, removal and eviction, but no pull_timeline and no membership
+ * changes yet; each offload incident says what part of it cannot be shown). Each writes the
  * fault plan that provoked the incident by hand; the seed only jitters times and targets, so a
  * sweep of a named scenario explores the neighbourhood of the incident. All checks of the swarm
  * scenario apply (sim/service-checker.ts), plus the liveness phase.
