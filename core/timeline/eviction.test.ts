@@ -19,7 +19,7 @@ import { Log } from "../io/log.js"
 import { RemoteStorage } from "../io/remote-storage.js"
 import { Lsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn } from "../wal/lsn.js"
 import { PARTIAL_SUFFIX, WAL_TIMELINE_ID } from "../wal/segment-store.js"
-import { type EvictionInput, evictionBlocker, evictTimeline, REMOTE_PARTIAL_TEMP_NAME, unevictTimeline, uploadedPartial } from "./eviction.js"
+import { type EvictionInput, evictionBlocker, evictTimeline, partialWalProblem, REMOTE_PARTIAL_TEMP_NAME, unevictTimeline, uploadedPartial } from "./eviction.js"
 import {
   appendUpTo,
   DATADIR,
@@ -459,5 +459,16 @@ describe("crashes during eviction and un-eviction", () => {
   test("a crash before any Disk operation of un-eviction leaves a timeline that loads at the same flush_lsn and comes back", () => {
     crashEverywhere("unevict", (store) => Effect.flatMap(prepareEvictable(store), (timeline) => evictTimeline(timeline, store.service, EVICTION)),
       (timeline) => timeline.withResidence(Effect.void))
+  })
+})
+
+describe("partialWalProblem", () => {
+  // Found by the swarm: a timeline evicted right after creation holds only the generated page
+  // header of its first segment (flush_lsn == timeline_start_lsn); there is no record to decode,
+  // and refusing it left the timeline evicted for good (every push failed to bring it back).
+  test("a first segment holding only the generated header up to the timeline's start is valid", () => {
+    const state = { ...freshStateOf(KEY), timelineStartLsn: START }
+    const bytes = walBytes(START, START).length === 0 ? new Uint8Array(START - segmentStartLsn(segmentNoOf(START, SEGMENT_BYTES), SEGMENT_BYTES)) : new Uint8Array(0)
+    expect(partialWalProblem(bytes, segmentNoOf(START, SEGMENT_BYTES), state, START)).toBeUndefined()
   })
 })

@@ -121,9 +121,10 @@ export function partialWalProblem(bytes: Uint8Array, segmentNo: number, state: P
   // In the timeline's first segment, from the page holding its start when the WAL begins right
   // after that page's header (the generated prefix: its header is checked too), else from the start.
   let startLsn = Math.max(segmentStart, state.timelineStartLsn)
+  // No record in it (the timeline's first segment up to its start): nothing to decode.
+  if (startLsn >= flushLsn) return undefined
   const pageStart = startLsn - (startLsn % XLOG_BLCKSZ_BYTES)
   if (pageStart >= segmentStart && startLsn === pageStart + standardPageHeaderSizeBytes(pageStart, segmentSizeBytes)) startLsn = pageStart
-  if (startLsn >= flushLsn) return undefined
   const made = WalDecoder.make({
     startLsn: Lsn(startLsn),
     segmentSizeBytes,
