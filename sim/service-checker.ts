@@ -549,11 +549,35 @@ export class ServiceChecker {
       }
       this.marks.add("backup-segment-checked")
     }
+    // Partials a safekeeper's control file records as Uploaded: an upload that failed (a lost
+    // acknowledgement, a term change while it streamed) leaves an InProgress object until its
+    // owner deletes it, and only its committed part is promised.
+    const recorded = new Set<string>()
+    for (const { node, address } of this.options.safekeepers) {
+      if (this.wiped.has(address)) continue
+      const state = this.readControlFile(node)
+      if (state === undefined || state === "unreadable") continue
+      for (const segment of state.partialBackup.segments) if (segment.status === "Uploaded") recorded.add(segment.name)
+    }
     for (const { fields, bytes, name } of partials) {
       const start = segmentStartLsn(fields.segmentNo, segmentBytes)
       const length = segmentOffsetOf(fields.flushLsn, segmentBytes)
       if (segmentNoOf(fields.flushLsn, segmentBytes) !== fields.segmentNo || bytes.byteLength !== length || fields.commitLsn > fields.flushLsn) {
         this.violation("backup-matches-log", "object-store", fields.lastLogTerm, fields.flushLsn, `partial ${name} is ${bytes.byteLength} bytes; its name says flush ${formatLsn(fields.flushLsn)}, commit ${formatLsn(fields.commitLsn)}`)
+        continue
+      }
+      const committedFrom = Math.max(start, this.timelineStartLsn)
+      const committedTo = Math.min(fields.commitLsn, this.maxCommitLsn)
+      if (committedTo > committedFrom) {
+        const expected = this.committed.read(committedFrom, committedTo - committedFrom)
+        const differs = firstByteDifference(bytes.subarray(committedFrom - start, committedTo - start), expected)
+        if (differs !== undefined) {
+          this.violation("backup-matches-log", "object-store", fields.lastLogTerm, committedFrom + differs, `partial ${name} differs from the committed log below its commit_lsn`)
+          continue
+        }
+      }
+      if (!recorded.has(name)) {
+        this.marks.add("partial-leftover-checked")
         continue
       }
       const history = this.historyByTerm.get(fields.lastLogTerm)

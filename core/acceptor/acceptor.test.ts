@@ -441,6 +441,33 @@ describe("append", () => {
     expect(node.bench.loadState().commitLsn).toBe(more[1])
   })
 
+  // The proposer's last message often arrives while the WAL it commits is written but not yet
+  // fsynced; nothing repeats it once the compute is gone, so an idle timeline kept commit_lsn
+  // below flush_lsn for good (found by the live offload test: eviction then never happened).
+  test("a commit_lsn heard above flush_lsn is applied once the WAL under it is flushed", () => {
+    const node = startNode()
+    const stream = electFirstTerm(node)
+    const ends = writeRecords(node, stream, 1, 2)
+    const { beginLsn, bytes, ends: more } = stream.records(2)
+    node.bench.run(node.acceptor.appendNoFlush(append(1, beginLsn, bytes, { commitLsn: more[1] })))
+    expect(node.acceptor.commitLsn()).toBe(ends[1])
+    node.bench.run(node.acceptor.flush)
+    expect(node.acceptor.commitLsn()).toBe(more[1])
+  })
+
+  test("a pending commit_lsn is dropped by ProposerElected (the new term may truncate under it)", () => {
+    const node = startNode()
+    const stream = electFirstTerm(node)
+    const ends = writeRecords(node, stream, 1, 2)
+    const { beginLsn, bytes } = stream.records(2)
+    node.bench.run(node.acceptor.appendNoFlush(append(1, beginLsn, bytes, { commitLsn: 2 ** 40 })))
+    node.bench.run(node.acceptor.handle(vote(2)))
+    node.bench.run(node.acceptor.handle(elected(2, ends[1]!, history([1, TIMELINE_START], [2, ends[1]!]))))
+    expect(node.acceptor.snapshot().pendingCommitLsn).toBe(0)
+    node.bench.run(node.acceptor.flush)
+    expect(node.acceptor.commitLsn()).toBe(ends[1])
+  })
+
   test("commit reaching the elected term's start is persisted at once (sync-safekeepers)", () => {
     const node = startNode()
     const stream = electFirstTerm(node)

@@ -94,6 +94,14 @@ export interface AcceptorSnapshot {
    * a restart. Commit crossing it is persisted at once: sync-safekeepers waits for that.
    */
   readonly termStartLsn: Lsn
+  /**
+   * Volatile: the highest commit_lsn heard (from this term's proposer, or a peer with our
+   * last_log_term) that was above our flush_lsn then, 0 when none. commit_lsn follows it once
+   * WAL up to it is flushed: the proposer's last message often arrives before the fsync of the
+   * WAL it commits, and nothing else would ever repeat it (an idle timeline then kept commit
+   * below flush for good). Dropped at every ProposerElected, which may truncate.
+   */
+  readonly pendingCommitLsn: Lsn
 }
 
 /** A peer's state as the broker reports it (the fields of `SafekeeperTimelineInfo` used here). */
@@ -106,7 +114,7 @@ export interface PeerInfo {
 }
 
 export function initialSnapshot(nodeId: NodeId, persisted: PersistedState): AcceptorSnapshot {
-  return { nodeId, persisted, inMemory: inMemoryOf(persisted), termStartLsn: Lsn(0) }
+  return { nodeId, persisted, inMemory: inMemoryOf(persisted), termStartLsn: Lsn(0), pendingCommitLsn: Lsn(0) }
 }
 
 /** Neon's `flush_lsn()`: the storage's flushed record end, never below timeline_start_lsn. */
@@ -281,7 +289,7 @@ export function decideElected(state: AcceptorSnapshot, elected: ProposerElected,
     }
   })
   steps.push(...adopted.steps)
-  next = { ...adopted.next, termStartLsn: proposerLast.lsn }
+  next = { ...adopted.next, termStartLsn: proposerLast.lsn, pendingCommitLsn: Lsn(0) }
   return Result.succeed({ steps, reply: undefined, next })
 }
 
@@ -357,7 +365,9 @@ export function completeAppend(
 /** FlushWAL (§5, internal): the shell fsyncs what was written, then we report from the positions after it. */
 export function decideFlush(state: AcceptorSnapshot, walAfterFlush: WalPositions): Decision<AppendResponse> {
   const flushLsn = acceptorFlushLsn(state, walAfterFlush.flushRecordLsn)
-  return { steps: [], reply: appendResponse(state, flushLsn), next: state }
+  if (state.pendingCommitLsn === 0) return { steps: [], reply: appendResponse(state, flushLsn), next: state }
+  const updated = updateCommitLsn(state, Lsn(0), flushLsn)
+  return { steps: updated.steps, reply: appendResponse(updated.next, flushLsn), next: updated.next }
 }
 
 /**
@@ -405,9 +415,14 @@ export function decidePersistInMemory(state: AcceptorSnapshot): Decision<undefin
  * first time commit reaches the elected term's start it is persisted at once: sync-safekeepers
  * waits for a majority of persisted commit_lsn to get there.
  */
-export function updateCommitLsn(state: AcceptorSnapshot, candidate: Lsn, flushLsn: Lsn): Decision<undefined> {
+export function updateCommitLsn(state: AcceptorSnapshot, heard: Lsn, flushLsn: Lsn): Decision<undefined> {
+  const candidate = maxLsn(heard, state.pendingCommitLsn)
   const commitLsn = advanceCommitLsn(state.inMemory.commitLsn, candidate, flushLsn)
-  const next: AcceptorSnapshot = { ...state, inMemory: { ...state.inMemory, commitLsn } }
+  const next: AcceptorSnapshot = {
+    ...state,
+    inMemory: { ...state.inMemory, commitLsn },
+    pendingCommitLsn: candidate > commitLsn ? candidate : Lsn(0)
+  }
   if (commitLsn >= state.termStartLsn && state.persisted.commitLsn < state.termStartLsn) {
     const flushed = change(next, (s) => s)
     return { steps: flushed.steps, reply: undefined, next: flushed.next }

@@ -16,6 +16,7 @@ import { timelineKeyText } from "./timeline.js"
  */
 export const BROKER_PUSH_INTERVAL_US = 1 * US_PER_SECOND
 export const BROKER_RETRY_US = 1 * US_PER_SECOND
+export const INACTIVE_PUBLISH_ROUNDS = 3
 
 export const runBackground = (registry: TimelineRegistry, config: BackgroundConfig, fatal: FatalHandler) =>
   Effect.gen(function* () {
@@ -40,9 +41,19 @@ export const runBackground = (registry: TimelineRegistry, config: BackgroundConf
 const publishLoop = (registry: TimelineRegistry, config: BackgroundConfig, broker: Broker["Service"]) =>
   Effect.gen(function* () {
     let failing = false
+    // Rounds each timeline is still published after it turned inactive: peers must hear its
+    // final positions (remote_consistent_lsn above all) to go idle too, and one message may be
+    // lost; idle timelines are then quiet, as in Neon.
+    const afterInactive = new Map<string, number>()
     for (;;) {
       for (const timeline of registry.list()) {
-        if (!timeline.active) continue
+        const label = timelineKeyText(timeline.key)
+        if (timeline.active) afterInactive.set(label, INACTIVE_PUBLISH_ROUNDS)
+        else {
+          const rounds = afterInactive.get(label) ?? 0
+          if (rounds <= 0) continue
+          afterInactive.set(label, rounds - 1)
+        }
         const published = yield* Effect.result(broker.publish(ownInfo(timeline, config)))
         if (published._tag === "Failure" && !failing) {
           failing = true

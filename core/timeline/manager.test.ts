@@ -358,6 +358,9 @@ describe("eviction by the manager", () => {
     walBackup: WAL_BACKUP,
     partialBackup: { timeoutUs: 200_000 },
     eviction: { deleteOffloadedWal: true, minResidentUs: 500_000 },
+    // backup_lsn reaches the control file through the periodic save (or a partial upload that
+    // happens to come after the last segment's upload): removal reads the persisted value.
+    controlFileSaveIntervalUs: 200_000,
     ...overrides
   })
 

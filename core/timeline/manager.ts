@@ -94,7 +94,8 @@ export const runManager = (timeline: Timeline, config: BackgroundConfig, fatal: 
     let backup: Fiber.Fiber<unknown, unknown> | undefined
     let partial: Fiber.Fiber<unknown, unknown> | undefined
     let recovery: Fiber.Fiber<unknown, unknown> | undefined
-    let lastSaveUs = yield* monotonicUs
+    const startedUs = yield* monotonicUs
+    let lastSaveUs = startedUs
     let lastPassUs = 0
     // Neon: resident at least a random part of eviction_min_resident after start or un-eviction.
     const residentFor = () => config.eviction === undefined ? Effect.succeed(0) : randomIntBetween(0, Math.max(1, config.eviction.minResidentUs))
@@ -140,7 +141,10 @@ export const runManager = (timeline: Timeline, config: BackgroundConfig, fatal: 
           backupLsn: snapshot.inMemory.backupLsn,
           peers: timeline.peers.fresh(nowUs, config.heartbeatTimeoutUs)
         })
-        const shouldRun = backupRequired && offloader === config.nodeId
+        // A restarted node knows only itself until the broker speaks: its persisted backup_lsn
+        // may be stale, and electing itself at once re-uploads what a peer already did.
+        const peersHeard = timeline.peers.all().some((peer) => peer.info.safekeeperId !== config.nodeId)
+        const shouldRun = backupRequired && offloader === config.nodeId && (peersHeard || nowUs - startedUs >= config.heartbeatTimeoutUs)
         if (shouldRun && backup === undefined) {
           yield* logInfo("wal backup started", { timeline: label, backup_lsn: formatLsn(snapshot.inMemory.backupLsn), commit_lsn: formatLsn(snapshot.inMemory.commitLsn) })
           backup = yield* Effect.forkChild(Effect.provideService(runWalBackup(timeline, { parallelJobs: config.walBackup.parallelJobs }), RemoteStorage, remote.value))
