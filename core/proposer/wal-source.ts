@@ -52,6 +52,30 @@ export interface SyntheticWalOptions {
   readonly messageBytes?: number
   /** A chunk holds whole records up to about this many bytes (at least one record). */
   readonly chunkBytesMax?: number
+  /**
+   * Every N-th record is an XLOG_SWITCH (pg_switch_wal, archive_timeout): the rest of its
+   * segment is zero padding and the next record starts the next segment. A switch ends its
+   * chunk. Absent: no switches.
+   */
+  readonly switchEveryRecords?: number
+  /**
+   * Send the switch record in one chunk and its padding in the next (Neon #11092: the
+   * safekeeper knows the switch record ends its segment while the bytes on disk stop short).
+   * Not done when the record's chunk reaches `totalBytes` (the padding would never be asked for).
+   */
+  readonly splitSwitchPadding?: boolean
+  /** Told of every switch record generated (sent or not: a term change may drop it). */
+  readonly onSwitch?: (switchRecord: SwitchRecord) => void
+}
+
+/** An XLOG_SWITCH the source generated: the record's own bytes (page headers included) at its LSNs. */
+export interface SwitchRecord {
+  readonly startLsn: Lsn
+  readonly endLsn: Lsn
+  /** The end of its segment, where the next record goes. */
+  readonly nextLsn: Lsn
+  /** WAL bytes [startLsn, endLsn). */
+  readonly bytes: Uint8Array
 }
 
 export const SYNTHETIC_MESSAGE_BYTES_DEFAULT = 200
@@ -72,6 +96,8 @@ export function syntheticWalSource(options: SyntheticWalOptions): WalSourceFacto
   assert(Number.isSafeInteger(messageBytes) && messageBytes >= 0, "message size is a byte count")
   assert(Number.isSafeInteger(chunkBytesMax) && chunkBytesMax > 0, "chunk size is a positive byte count")
   assert(totalBytes >= 0, "a WAL total is not negative")
+  const switchEvery = options.switchEveryRecords
+  assert(switchEvery === undefined || (Number.isSafeInteger(switchEvery) && switchEvery >= 1), "a switch period is a positive record count")
   const paced = rate > 0 && Number.isFinite(rate)
 
   return (start) =>
@@ -86,22 +112,54 @@ export function syntheticWalSource(options: SyntheticWalOptions): WalSourceFacto
       })
       const startedUs = yield* monotonicUs
       let producedBytes = 0
+      // Padding after a switch costs Postgres nothing to produce: the rate paces the rest.
+      let pacedBytes = 0
       let recordNo = 0
+      let recordsSinceSwitch = 0
+      let pendingPadding: WalStreamChunk | undefined
 
       const nextChunk = Effect.gen(function* () {
+        if (pendingPadding !== undefined) {
+          const padding = pendingPadding
+          pendingPadding = undefined
+          return padding
+        }
         if (producedBytes >= totalBytes) return undefined
         const startLsn = generator.insertLsn
         const pieces: Uint8Array[] = []
         let chunkBytes = 0
-        // One pass per record; stops at the chunk size or the total, after at least one record.
+        // One pass per record; stops at the chunk size, the total or a switch, after at least one record.
         do {
+          if (switchEvery !== undefined && ++recordsSinceSwitch >= switchEvery) {
+            recordsSinceSwitch = 0
+            const record = generator.appendSwitch()
+            const recordEnd = record.endLsn - record.fromLsn
+            options.onSwitch?.({
+              startLsn: record.startLsn,
+              endLsn: record.endLsn,
+              nextLsn: record.nextLsn,
+              bytes: record.bytes.slice(record.startLsn - record.fromLsn, recordEnd)
+            })
+            pacedBytes += recordEnd
+            const split = options.splitSwitchPadding === true && record.nextLsn > record.endLsn &&
+              producedBytes + chunkBytes + recordEnd < totalBytes
+            if (split) {
+              pieces.push(record.bytes.subarray(0, recordEnd))
+              pendingPadding = { startLsn: record.endLsn, bytes: record.bytes.subarray(recordEnd) }
+            } else {
+              pieces.push(record.bytes)
+            }
+            chunkBytes += record.bytes.byteLength
+            break
+          }
           const record = generator.appendLogicalMessage(MESSAGE_PREFIX, messagePayload(recordNo++, messageBytes))
           pieces.push(record.bytes)
           chunkBytes += record.bytes.byteLength
+          pacedBytes += record.bytes.byteLength
         } while (chunkBytes + messageBytes < chunkBytesMax && producedBytes + chunkBytes < totalBytes)
         producedBytes += chunkBytes
         if (paced) {
-          const dueUs = startedUs + Math.ceil((producedBytes * US_PER_SECOND) / rate)
+          const dueUs = startedUs + Math.ceil((pacedBytes * US_PER_SECOND) / rate)
           const nowUs = yield* monotonicUs
           if (dueUs > nowUs) yield* sleepUs(dueUs - nowUs)
         }
