@@ -267,24 +267,34 @@ const INCIDENTS: ReadonlyArray<IncidentSpec> = [
   {
     // #11092: an XLOG_SWITCH moved write_record_lsn to the next segment while the switched
     // segment's file stayed .partial; the backup could not find the full segment, backup_lsn
-    // stalled and disks filled. The synthetic WAL source cannot emit XLOG_SWITCH yet (the
-    // generator can: WalGenerator.appendSwitch; core/proposer/wal-source.ts and sim/compute.ts
-    // lack the knob), so this shows what it can of the situation: full segments whose end is
-    // crossed while the offloader crashes and hands over, and backup_lsn must cross every
-    // segment end with the whole segment uploaded, byte-equal to the committed log.
+    // stalled and disks filled. Here the compute ends a segment with XLOG_SWITCH every few
+    // hundred records and sends the switch record and its zero padding in separate chunks (the
+    // safekeeper knows the record ends the segment while its file stops short), while the
+    // offloader crashes and is cut off from storage; every switched segment must be uploaded
+    // whole, byte-equal to the committed log, backup_lsn must cross it, and removal and
+    // eviction (an idle period after the faults) must still take it off local disk.
     name: "incident-11092-segment-end-backup",
-    description: "Neon #11092 (without XLOG_SWITCH, which the WAL source cannot emit yet): segment ends crossed while the offloader crashes and is cut off from storage; every full segment uploaded whole, backup_lsn crosses each end, removal follows",
-    expectedMarks: ["wal-backup-uploaded", "offloader-handover", "backup-segment-checked", "backup-lsn-checked", "wal-removed", "commit-after-faults", "offloader-crashed-after-upload", "backup-resumed-after-offloader-crash"],
+    description: "Neon #11092: segments ended by XLOG_SWITCH, the switch record and its padding sent apart, while the offloader crashes and is cut off from storage; each switched segment uploaded whole, backup_lsn crosses it, removal and eviction follow",
+    expectedMarks: [
+      "wal-backup-uploaded", "offloader-handover", "backup-segment-checked", "backup-lsn-checked", "wal-removed", "commit-after-faults",
+      "offloader-crashed-after-upload", "backup-resumed-after-offloader-crash",
+      "xlog-switch-backed-up", "backup-lsn-crossed-switch", "removed-switched-segment-checked", "timeline-evicted"
+    ],
     plan: (j) => ({
       ...BASE,
-      faultPhaseUs: 4_000_000,
+      faultPhaseUs: 6_500_000,
       rateBytesPerSecond: 1536 * 1024,
       messageBytes: 2_000,
       pageserver: true,
-      offload: offloadPlan(j),
+      // About 500 records of 2 kB fill a 1 MiB segment: a switch ends most segments early.
+      xlogSwitchEveryRecords: j.between(120, 400),
+      xlogSwitchSplitPadding: true,
+      offload: offloadPlan(j, { eviction: true }),
       actions: [
         ...spread(j, 3, 800_000, 3_600_000, (atUs) => ({ kind: "crash", atUs, role: "safekeeper", pick: OFFLOADER_PICK, restartAfterUs: j.between(100_000, 600_000) })),
-        ...spread(j, 2, 500_000, 3_600_000, (atUs) => ({ kind: "partition-store", atUs, pick: OFFLOADER_PICK, durationUs: j.between(200_000, 900_000) }))
+        ...spread(j, 2, 500_000, 3_600_000, (atUs) => ({ kind: "partition-store", atUs, pick: OFFLOADER_PICK, durationUs: j.between(200_000, 900_000) })),
+        // Idle long enough for the manager to evict once everything is backed up.
+        { kind: "idle", atUs: j.between(4_000_000, 4_200_000), durationUs: j.between(2_000_000, 2_200_000) }
       ]
     }),
     traceMarks: (events) => {

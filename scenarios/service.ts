@@ -87,6 +87,10 @@ export interface ServicePlan {
    * elected offloader, partial backup, WAL removal, eviction; absent, WAL stays on local disk.
    */
   readonly offload?: OffloadPlan
+  /** Every N-th record the computes write is an XLOG_SWITCH (Neon #11092); absent: none. */
+  readonly xlogSwitchEveryRecords?: number
+  /** Each switch record and its zero padding go to the safekeepers in separate chunks. */
+  readonly xlogSwitchSplitPadding?: boolean
 }
 
 export interface OffloadPlan {
@@ -172,7 +176,8 @@ export function runService(name: string, seed: number, plan: ServicePlan, option
     heartbeatIntervalUs: 200_000,
     quorumTimeoutUs: 2_000_000,
     syncFirst: plan.syncFirst,
-    restartPauseUs: [10_000, 200_000]
+    restartPauseUs: [10_000, 200_000],
+    ...(plan.xlogSwitchEveryRecords === undefined ? {} : { switchEveryRecords: plan.xlogSwitchEveryRecords, splitSwitchPadding: plan.xlogSwitchSplitPadding === true })
   }
 
   const pageservers = plan.pageserver === true ? [PAGESERVER] : []

@@ -38,6 +38,10 @@ export interface ComputeOptions {
   readonly syncFirst: boolean
   /** Pause between a step-down and the next start, uniform in this range. */
   readonly restartPauseUs: readonly [number, number]
+  /** Every N-th record is an XLOG_SWITCH (reported to the checker); absent: none. */
+  readonly switchEveryRecords?: number
+  /** Send a switch record and its zero padding in separate chunks (Neon #11092). */
+  readonly splitSwitchPadding?: boolean
 }
 
 export const computeProgram = (node: string, life: Incarnation, checker: ServiceChecker, options: ComputeOptions, nextRun: () => number) =>
@@ -78,7 +82,15 @@ export const computeProgram = (node: string, life: Incarnation, checker: Service
           pgVersion: 15,
           rateBytesPerSecond: options.rateBytesPerSecond,
           messageBytes: options.messageBytes,
-          chunkBytesMax: 64 * 1024
+          chunkBytesMax: 64 * 1024,
+          ...(options.switchEveryRecords === undefined ? {} : {
+            switchEveryRecords: options.switchEveryRecords,
+            splitSwitchPadding: options.splitSwitchPadding === true,
+            // Only a live run's switches: a dead life's source may still be torn down.
+            onSwitch: (record) => {
+              if (life.alive) checker.noteSwitch(record)
+            }
+          })
         })
       }).pipe(Effect.provide(Layer.provide(checker.tap(life, node, run, false), pgTransportLayer))))
       if (Result.isFailure(outcome)) yield* logInfo("proposer stepped down", { run, reason: outcome.failure.reason, message: outcome.failure.message })

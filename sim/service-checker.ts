@@ -5,6 +5,7 @@ import { parsePartialObjectName } from "../core/timeline/remote-layout.js"
 import { firstByteDifference } from "../core/bytes.js"
 import { SafekeeperTransport, type SafekeeperLink } from "../core/proposer/transport.js"
 import type { AcceptorMessage, ProposerMessage } from "../core/protocol/consensus.js"
+import type { SwitchRecord } from "../core/proposer/wal-source.js"
 import { formatLsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn } from "../core/wal/lsn.js"
 import { PagedContent } from "./disk-content.js"
 import type { Incarnation } from "./kernel.js"
@@ -37,6 +38,8 @@ import type { World } from "./world.js"
  *   object storage;
  * - `removed-before-backup`: a segment gone from a safekeeper's disk below its persisted
  *   commit_lsn (WAL removal, eviction) is in object storage whole;
+ * - XLOG_SWITCH (Neon #11092), marks only: a switched segment in object storage whole with
+ *   zeros after the switch record, a persisted backup_lsn past its end, and its removal;
  * - `restore-sees-committed-log`: the partial a restore picks for the last segment (the newest
  *   by its name's term, flush and commit, as `sk wal fetch` does) agrees with the committed log.
  */
@@ -70,6 +73,8 @@ export class ServiceChecker {
   private readonly wiped = new Map<string, number>()
   private readonly consumed: Array<{ readonly who: string; readonly lsn: number; readonly bytes: Uint8Array }> = []
   private readonly committed = new PagedContent()
+  /** XLOG_SWITCH records the computes generated; only those that end up committed count. */
+  private readonly switches: SwitchRecord[] = []
   readonly marks = new Set<string>()
   readonly progress: Array<{ atUs: number; node: string; term: number; flushLsn: number; commitLsn: number }> = []
   readonly messages: Array<{ sentUs: number; receivedUs?: number; from: string; to: string; kind: string; detail?: string }> = []
@@ -257,6 +262,20 @@ export class ServiceChecker {
         streamWal: (address, options) => inner.streamWal(address, options)
       })
     }))
+  }
+
+  /** A compute generated an XLOG_SWITCH (it may never be sent, or be truncated away by a new term). */
+  noteSwitch(record: SwitchRecord): void {
+    this.switches.push(record)
+  }
+
+  /** The noted switches that are in the committed log, byte for byte, with their padding committed too. */
+  private committedSwitches(): SwitchRecord[] {
+    return this.switches.filter((record) => {
+      if (record.startLsn < this.timelineStartLsn || record.nextLsn > this.maxCommitLsn) return false
+      const found = this.committed.read(record.startLsn, record.bytes.byteLength)
+      return found.byteLength === record.bytes.byteLength && firstByteDifference(found, record.bytes) === undefined
+    })
   }
 
   /** A new term: it must start at or above every commit, and its history must keep committed bytes. */
@@ -480,6 +499,11 @@ export class ServiceChecker {
       return "violated"
     }
     this.marks.add("checked-removed-wal")
+    // Removal (or eviction) still works past a segment an XLOG_SWITCH ended (Neon #11092).
+    const segmentEnd = segmentStartLsn(segmentNo + 1, segmentBytes)
+    if (this.committedSwitches().some((record) => record.nextLsn === segmentEnd)) {
+      this.marks.add(offloadedAt === undefined ? "removed-switched-segment-checked" : "evicted-switched-segment-checked")
+    }
     return object
   }
 
@@ -502,6 +526,8 @@ export class ServiceChecker {
       }
     }
     this.marks.add("backup-lsn-checked")
+    // Neon #11092: backup_lsn stalled at a segment ended by XLOG_SWITCH.
+    if (this.committedSwitches().some((record) => record.nextLsn > startLsn && record.nextLsn <= state.backupLsn)) this.marks.add("backup-lsn-crossed-switch")
   }
 
   /**
@@ -516,6 +542,7 @@ export class ServiceChecker {
     const segmentBytes = this.options.segmentSizeBytes
     const prefix = `${this.options.objectPrefix}/`
     const partials: Array<{ readonly fields: NonNullable<ReturnType<typeof parsePartialObjectName>>; readonly bytes: Uint8Array; readonly name: string }> = []
+    const switchEnds = new Map(this.committedSwitches().map((record) => [record.nextLsn as number, record]))
     for (const path of store.paths(prefix)) {
       const name = path.slice(prefix.length)
       const bytes = store.object(path)!
@@ -548,6 +575,17 @@ export class ServiceChecker {
         continue
       }
       this.marks.add("backup-segment-checked")
+      // A segment an XLOG_SWITCH ended: uploaded whole, the padding after the record all zeros.
+      const switched = switchEnds.get(end)
+      if (switched !== undefined) {
+        const paddingFrom = Math.max(start, switched.endLsn)
+        const nonZero = bytes.subarray(paddingFrom - start).findIndex((b) => b !== 0)
+        if (nonZero >= 0) {
+          this.violation("backup-matches-log", "object-store", undefined, paddingFrom + nonZero, `segment object ${name} holds non-zero bytes in the padding after the XLOG_SWITCH at ${formatLsn(switched.startLsn)}`)
+          continue
+        }
+        this.marks.add("xlog-switch-backed-up")
+      }
     }
     // Partials a safekeeper's control file records as Uploaded: an upload that failed (a lost
     // acknowledgement, a term change while it streamed) leaves an InProgress object until its
