@@ -191,4 +191,11 @@ describe("sk sim shrink end to end", () => {
     expect(() => readPlanFile(file)).toThrow(ShrinkError)
     expect(readFileSync(file, "utf8")).toContain("nuke")
   })
+
+  test("a plan's XLOG_SWITCH workload survives the plan file (it would be dropped as an unknown field)", () => {
+    const file = join(scratch, "switch.json")
+    const plan: ServicePlan = { ...swarmPlan(seed), xlogSwitchEveryRecords: 500, xlogSwitchSplitPadding: true }
+    writeFileSync(file, JSON.stringify({ format: "sk-shrink-plan", version: 1, scenario: name, seed, invariant: "liveness", plan }))
+    expect(readPlanFile(file).plan).toEqual(plan)
+  })
 })

@@ -199,6 +199,8 @@ const ServicePlanSchema = Schema.Struct({
   breakProbabilityPerChunk: Schema.optional(Schema.Number),
   chunkDelayTail: Schema.optional(Schema.Struct({ probability: Schema.Number, delayUs: Range })),
   capacityLimit: Schema.optional(Schema.Struct({ pick: Pick, capacityBytes: Schema.Number })),
+  xlogSwitchEveryRecords: Schema.optional(Schema.Number),
+  xlogSwitchSplitPadding: Schema.optional(Schema.Boolean),
   offload: Schema.optional(Schema.Struct({
     storeFaults: Schema.Struct({
       requestLatencyUs: Range,

@@ -123,7 +123,14 @@ export function swarmPlan(seed: number): ServicePlan {
   swarm.note("sync-first", String(plan.syncFirst))
   swarm.note("metadata-crash", plan.diskFaults?.metadataCrashModel ?? "prefix")
   swarm.note("lost-pages", plan.diskFaults?.lostPages ?? "evicted")
-  return { ...plan, config: swarm.describe() }
+  // XLOG_SWITCH ends segments early (Neon #11092), drawn last so every other draw is unchanged.
+  const xlogSwitch = swarm.level("xlog-switch")
+  const switches: Pick<ServicePlan, "xlogSwitchEveryRecords" | "xlogSwitchSplitPadding"> = xlogSwitch === "off" ? {} : {
+    xlogSwitchEveryRecords: xlogSwitch === "rare" ? swarm.intBetween(2_000, 8_000) : swarm.intBetween(300, 1_000),
+    xlogSwitchSplitPadding: swarm.float() < 0.5
+  }
+  if (switches.xlogSwitchSplitPadding !== undefined) swarm.note("switch-split-padding", String(switches.xlogSwitchSplitPadding))
+  return { ...plan, ...switches, config: swarm.describe() }
 }
 
 export function makeSwarmScenario(): Scenario {
