@@ -17,7 +17,12 @@ const REGRESSIONS: ReadonlyArray<readonly [string, number, string, string]> = [
   ["incident-11605-enospc-stuck", 1, "as seed 0, on another plan", "fail-stop-after-disk-error"],
   ["incident-11605-enospc-stuck", 2, "an fsync error while loading a timeline kept it Broken in a running process forever: now the load fails the node (fail-stop)", "fail-stop-after-disk-error"],
   ["swarm", 36, "a vote granted before a disk loss, still in flight when the disk was wiped, was counted as a vote after the loss", "disk-loss-survived"],
-  ["incident-9685-truncate-then-crash", 0, "a proposer elected late in a lower term than one that had committed was reported as truncating committed WAL", "re-election"]
+  ["incident-9685-truncate-then-crash", 0, "a proposer elected late in a lower term than one that had committed was reported as truncating committed WAL", "re-election"],
+  // XLOG_SWITCH's zero padding has no page headers: a new proposer looking back for the last
+  // record before its term start from inside the padding stepped down forever (WalUnavailable).
+  ["incident-11092-segment-end-backup", 1, "a proposer elected right after an XLOG_SWITCH could not find the record before its term start", "commit-after-faults"],
+  ["swarm", 7, "as incident-11092 seed 1, in the first segments (the lookback reaches the timeline start)", "commit-after-faults"],
+  ["swarm", 159, "as incident-11092 seed 1", "commit-after-faults"]
 ]
 
 const byName = new Map([swarm, ...makeIncidentScenarios()].map((s) => [s.name, s]))

@@ -619,7 +619,11 @@ export class ServiceChecker {
         continue
       }
       const history = this.historyByTerm.get(fields.lastLogTerm)
-      if (history === undefined) continue
+      // last_log_term is a term some proposer was elected in (every term history comes from a ProposerElected).
+      if (history === undefined) {
+        this.violation("backup-matches-log", "object-store", fields.lastLogTerm, fields.flushLsn, `partial ${name} is named by term ${fields.lastLogTerm}, in which no proposer was elected`)
+        continue
+      }
       const from = Math.max(start, this.timelineStartLsn)
       if (!this.checkOwned(history, from, bytes.subarray(from - start), `sk${fields.nodeId}`, fields.lastLogTerm, `partial ${name}`, "backup-matches-log")) continue
       // Never more than the owning terms sent: a partial claiming unflushed WAL would hold zeros there.

@@ -198,6 +198,14 @@ export const lastRecordStart = Effect.fn("WalReader.lastRecordStart")(function* 
       (stream) => stream.close
     )
     if (decoder.error !== undefined) {
+      // The zero padding after an XLOG_SWITCH has no page headers (PostgreSQL 11+ zeroes them
+      // too): a window that starts there cannot decode, but one from its segment's start can.
+      const retryLsn = Math.max(fromLsn - (fromLsn % options.segmentSizeBytes), options.lowestLsn)
+      if (decoder.error.lsn === fromLsn && retryLsn < fromLsn) {
+        // The loop grows the window by LOOKBACK_GROWTH: the next one starts at retryLsn.
+        lookbackBytes = (endLsn - retryLsn) / LOOKBACK_GROWTH
+        continue
+      }
       return yield* new WalUnavailable({ lsn: decoder.position, message: `the peer's WAL does not decode before the term start: ${String(decoder.error)}` })
     }
     if (found !== undefined || fromLsn <= options.lowestLsn) return found
