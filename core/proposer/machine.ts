@@ -587,10 +587,13 @@ class Step {
     this.state = { ...this.state, truncateLsn: advanceTruncateLsn(this.state.truncateLsn, flushes, this.state.commitLsn) }
     this.actions.push({ _tag: "Progress" })
     if (this.config.syncSafekeepers) {
-      // Done when a quorum committed the term start and every connected safekeeper persisted
-      // it (Neon waits for all of them so the pageserver cannot pick an unsynced one).
+      // Done when a quorum committed the term start and every streaming safekeeper persisted
+      // it (Neon waits for all of them so the pageserver cannot pick an unsynced one). Only
+      // those: one that keeps failing its handshake (a wiped one refusing the timeline) is
+      // never Offline for long, and waiting for it stalled sync-safekeepers for good (swarm
+      // seed 554).
       const start = election.propTermStartLsn
-      const allSynced = this.state.safekeepers.every((s) => s.status === "Offline" || s.commitLsn >= start)
+      const allSynced = this.state.safekeepers.every((s) => s.status !== "Active" || s.commitLsn >= start)
       if (allSynced && this.state.commitLsn >= start) {
         this.broadcast()
         this.log("info", "proposer sync: safekeepers synced", { lsn: formatLsn(start) })
