@@ -133,27 +133,51 @@ export const electAgain = (timeline: Timeline, term: number) =>
 // ---- a Map-backed object store ----
 
 export interface StoreHooks {
+  /** Before a put's body is read: a failure fails the put (nothing stored). */
+  beforePut?(path: string, attempt: number): RemoteStorageError | undefined
+  /** A failure fails the delete (the object stays). */
+  beforeDelete?(path: string): RemoteStorageError | undefined
   /** Virtual time a put takes (after its body is read, before the object appears). */
   putDelayUs?(path: string): number
 }
 
+/** The tests' object store: a Map, with per-path faults and counts of what was asked of it. */
 export class MapStore {
   readonly objects = new Map<string, Uint8Array>()
   readonly gets: string[] = []
+  readonly putAttempts = new Map<string, number>()
+  readonly completedPuts: string[] = []
+  inFlightPuts = 0
+  maxInFlightPuts = 0
 
   constructor(readonly hooks: StoreHooks = {}) {}
+
+  has(path: string): boolean {
+    return this.objects.has(path)
+  }
 
   readonly service: RemoteStorage["Service"] = {
     put: <E>(path: string, body: Stream.Stream<Uint8Array, E>, lengthBytes: number) => {
       const self = this
       return Effect.gen(function* () {
-        const chunks = yield* Stream.runCollect(body)
-        const bytes = concatBytes([...chunks])
-        if (bytes.byteLength !== lengthBytes) {
-          return yield* new RemoteStorageError({ reason: "Permanent", operation: "put", path, message: `body of ${bytes.byteLength} bytes, said ${lengthBytes}` })
+        const attempt = (self.putAttempts.get(path) ?? 0) + 1
+        self.putAttempts.set(path, attempt)
+        const fault = self.hooks.beforePut?.(path, attempt)
+        if (fault !== undefined) return yield* Effect.fail(fault)
+        self.inFlightPuts++
+        self.maxInFlightPuts = Math.max(self.maxInFlightPuts, self.inFlightPuts)
+        try {
+          const chunks = yield* Stream.runCollect(body)
+          const bytes = concatBytes([...chunks])
+          if (bytes.byteLength !== lengthBytes) {
+            return yield* new RemoteStorageError({ reason: "Permanent", operation: "put", path, message: `body of ${bytes.byteLength} bytes, said ${lengthBytes}` })
+          }
+          yield* sleepUs(self.hooks.putDelayUs?.(path) ?? 100)
+          self.objects.set(path, bytes)
+          self.completedPuts.push(path)
+        } finally {
+          self.inFlightPuts--
         }
-        yield* sleepUs(self.hooks.putDelayUs?.(path) ?? 100)
-        self.objects.set(path, bytes)
       })
     },
     get: (path, range) => Effect.suspend(() => {
@@ -166,8 +190,11 @@ export class MapStore {
       .filter(([path]) => path.startsWith(prefix))
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([path, bytes]): RemoteObject => ({ path, sizeBytes: bytes.byteLength }))),
-    delete: (path) => Effect.sync(() => {
+    delete: (path) => Effect.suspend(() => {
+      const fault = this.hooks.beforeDelete?.(path)
+      if (fault !== undefined) return Effect.fail(fault)
       this.objects.delete(path)
+      return Effect.void
     }),
     copy: (from, to) => Effect.suspend(() => {
       const bytes = this.objects.get(from)

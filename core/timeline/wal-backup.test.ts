@@ -5,19 +5,19 @@
 // WAL through greeting, vote, elected and appends; a Map-backed RemoteStorage written here,
 // whose puts can be delayed or failed per segment; a watcher fiber checks on every change of
 // the timeline's positions that every segment below backup_lsn is stored.
-import { Effect, Exit, Fiber, Stream } from "effect"
+import { Effect, Exit, Fiber } from "effect"
 import { describe, expect, test } from "vitest"
 import { Incarnation } from "../../sim/kernel.js"
 import { NO_OBJECT_STORE_FAULTS, SimObjectStore } from "../../sim/object-store.js"
 import { DiskLab } from "../../sim/testing.js"
-import { concatBytes, equalBytes } from "../bytes.js"
+import { equalBytes } from "../bytes.js"
 import { makeAcceptor } from "../acceptor/acceptor.js"
 import { persistControlFile } from "../acceptor/control-file.js"
 import { Generation, newTimelineState, NodeId, type PersistedState, TenantId, Term, TimelineId } from "../acceptor/state.js"
 import { sleepUs } from "../io/clock.js"
 import { Disk, joinPath } from "../io/disk.js"
-import { Log, type LogFields, type LogLevel } from "../io/log.js"
-import { type RemoteObject, RemoteStorage, RemoteStorageError } from "../io/remote-storage.js"
+import { Log } from "../io/log.js"
+import { RemoteStorage, RemoteStorageError } from "../io/remote-storage.js"
 import type { AppendRequest } from "../protocol/consensus.js"
 import { Lsn, segmentFileName, segmentNoOf, segmentStartLsn } from "../wal/lsn.js"
 import { openSegmentStore, WAL_TIMELINE_ID } from "../wal/segment-store.js"
@@ -25,6 +25,7 @@ import { generateWal, TEST_SYSTEM_ID } from "../wal/wal-testing.js"
 import { segmentObjectPath } from "./remote-layout.js"
 import { Timeline } from "./timeline.js"
 import { runWalBackup, uploadSegment } from "./wal-backup.js"
+import { LogLines, MapStore } from "./manager-testing.js"
 
 const SEGMENT_BYTES = 1024 * 1024
 const PG_VERSION_NUM = 150004
@@ -39,85 +40,6 @@ const freshState: PersistedState = newTimelineState({
   startLsn: Lsn(0),
   commitLsn: Lsn(0)
 })
-
-// ---- a Map-backed object store with per-path faults ----
-
-interface StoreHooks {
-  /** Before a put's body is read: a failure fails the put (nothing stored). */
-  beforePut?(path: string, attempt: number): RemoteStorageError | undefined
-  /** Virtual time a put takes (after its body is read, before the object appears). */
-  putDelayUs?(path: string): number
-}
-
-class MapStore {
-  readonly objects = new Map<string, Uint8Array>()
-  readonly putAttempts = new Map<string, number>()
-  readonly completedPuts: string[] = []
-  inFlightPuts = 0
-  maxInFlightPuts = 0
-
-  constructor(readonly hooks: StoreHooks = {}) {}
-
-  has(path: string): boolean {
-    return this.objects.has(path)
-  }
-
-  readonly service: RemoteStorage["Service"] = {
-    put: <E>(path: string, body: Stream.Stream<Uint8Array, E>, lengthBytes: number) => {
-      const self = this
-      return Effect.gen(function* () {
-        const attempt = (self.putAttempts.get(path) ?? 0) + 1
-        self.putAttempts.set(path, attempt)
-        const fault = self.hooks.beforePut?.(path, attempt)
-        if (fault !== undefined) return yield* Effect.fail(fault)
-        self.inFlightPuts++
-        self.maxInFlightPuts = Math.max(self.maxInFlightPuts, self.inFlightPuts)
-        try {
-          const chunks = yield* Stream.runCollect(body)
-          const bytes = concatBytes([...chunks])
-          if (bytes.byteLength !== lengthBytes) {
-            return yield* new RemoteStorageError({ reason: "Permanent", operation: "put", path, message: `body of ${bytes.byteLength} bytes, said ${lengthBytes}` })
-          }
-          yield* sleepUs(self.hooks.putDelayUs?.(path) ?? 100)
-          self.objects.set(path, bytes)
-          self.completedPuts.push(path)
-        } finally {
-          self.inFlightPuts--
-        }
-      })
-    },
-    get: (path, range) => Effect.suspend(() => {
-      const bytes = this.objects.get(path)
-      if (bytes === undefined) return Effect.fail(new RemoteStorageError({ reason: "NotFound", operation: "get", path, message: "absent" }))
-      return Effect.succeed(bytes.slice(range?.startBytes ?? 0, range?.endBytes ?? bytes.byteLength))
-    }),
-    list: (prefix) => Effect.sync(() => [...this.objects.entries()]
-      .filter(([path]) => path.startsWith(prefix))
-      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
-      .map(([path, bytes]): RemoteObject => ({ path, sizeBytes: bytes.byteLength }))),
-    delete: (path) => Effect.sync(() => {
-      this.objects.delete(path)
-    }),
-    copy: (from, to) => Effect.suspend(() => {
-      const bytes = this.objects.get(from)
-      if (bytes === undefined) return Effect.fail(new RemoteStorageError({ reason: "NotFound", operation: "copy", path: from, message: "absent" }))
-      this.objects.set(to, bytes)
-      return Effect.void
-    })
-  }
-}
-
-class LogLines {
-  readonly lines: Array<{ readonly level: LogLevel; readonly message: string; readonly fields: LogFields | undefined }> = []
-  readonly service: Log["Service"] = {
-    emit: (level, message, fields) => Effect.sync(() => {
-      this.lines.push({ level, message, fields })
-    })
-  }
-  count(message: string): number {
-    return this.lines.filter((line) => line.message === message).length
-  }
-}
 
 // ---- a timeline holding WAL through segments 1..3 and into 4 ----
 
