@@ -1,7 +1,5 @@
-import { type ChildProcess, spawn } from "node:child_process"
 import { constants as fsConstants, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs"
 import * as fsp from "node:fs/promises"
-import { createRequire } from "node:module"
 import { loadavg, tmpdir } from "node:os"
 import { dirname, join } from "node:path"
 import { CreateBucketCommand, GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3"
@@ -24,6 +22,7 @@ import { makeLiveDisk } from "../live/disk.js"
 import { makeLiveLog } from "../live/log.js"
 import { makeLocalRemoteStorage } from "../live/remote-storage-local.js"
 import { makeS3Client, makeS3RemoteStorage, type S3Config } from "../live/remote-storage-s3.js"
+import { S3RVER_CREDENTIALS, type S3rverHandle, startS3rver } from "../live/testing/s3rver.js"
 
 /**
  * WAL backup upload throughput (issue 8): the real code path over a real timeline, against a
@@ -69,22 +68,7 @@ const APPEND_BYTES_MAX = 200_000
 /** A round that has not finished by then is a broken bench (retries forever), not a slow one. */
 const ROUND_TIMEOUT = Duration.minutes(5)
 const BUCKET = "sk-bench"
-/** s3rver's built-in account. */
-const S3RVER_CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" }
 
-/** s3rver in a child node, as live/remote-storage-s3.slow.test.ts runs it (legacy OpenSSL for its list tokens). */
-const S3RVER_LAUNCHER = `
-const S3rver = require(process.argv[1])
-const server = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory: process.argv[2] })
-server.run().then((address) => {
-  process.stdout.write(JSON.stringify({ port: address.port }) + "\\n")
-  process.stdin.on("end", () => server.close().then(() => process.exit(0)))
-  process.stdin.resume()
-}, (error) => {
-  process.stderr.write(String(error && error.stack || error))
-  process.exit(1)
-})
-`
 
 interface Fixture {
   readonly directory: string
@@ -433,38 +417,6 @@ async function runContenders(title: string, all: ReadonlyArray<Contender>, rows:
   }
 }
 
-interface S3rverHandle {
-  readonly port: number
-  stop(): Promise<void>
-}
-
-/** s3rver on 127.0.0.1, port 0; it stops when its stdin closes, so it cannot outlive this process. */
-async function startS3rver(directory: string): Promise<S3rverHandle> {
-  mkdirSync(directory, { recursive: true })
-  const s3rverModule = createRequire(import.meta.url).resolve("s3rver")
-  const child: ChildProcess = spawn(process.execPath, ["--openssl-legacy-provider", "-e", S3RVER_LAUNCHER, s3rverModule, directory], { stdio: ["pipe", "pipe", "inherit"] })
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return
-    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()))
-    child.stdin?.end()
-    await exited
-  }
-  try {
-    const port = await new Promise<number>((resolve, reject) => {
-      let output = ""
-      child.stdout?.on("data", (data: Buffer) => {
-        output += data.toString()
-        const line = output.split("\n")[0]
-        if (output.includes("\n") && line !== undefined) resolve(Number((JSON.parse(line) as { port: number }).port))
-      })
-      child.once("exit", (code) => reject(new Error(`s3rver exited with ${String(code)} before listening`)))
-    })
-    return { port, stop }
-  } catch (error) {
-    await stop()
-    throw error
-  }
-}
 
 function median(values: ReadonlyArray<number>): number {
   const sorted = [...values].sort((a, b) => a - b)

@@ -17,7 +17,6 @@
 import { type ChildProcess, execFile, spawn, spawnSync } from "node:child_process"
 import * as fs from "node:fs"
 import * as http from "node:http"
-import { createRequire } from "node:module"
 import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -35,6 +34,7 @@ import { makeLiveNet } from "./net.js"
 import { makeS3Client } from "./remote-storage-s3.js"
 import { PageserverStandin } from "./testing/pageserver-standin.js"
 import { ensurePostgresInstalled, pgBinary } from "./testing/postgres.js"
+import { S3RVER_CREDENTIALS, startS3rver as launchS3rver } from "./testing/s3rver.js"
 
 const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const SK_BIN = path.join(REPO_ROOT, "bin", "sk.js")
@@ -49,8 +49,7 @@ const TENANT = "0ff10ad0000000000000000000000001"
 const TIMELINE = "0ff10ad00000000000000000000000a1"
 const BUCKET = "sk-offload"
 const PREFIX_IN_BUCKET = "wal"
-/** s3rver's built-in account. */
-const S3_CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" }
+const S3_CREDENTIALS = S3RVER_CREDENTIALS
 
 const HEARTBEAT_TIMEOUT_MS = 2_000
 /**
@@ -77,59 +76,6 @@ const WAIT_MS_DEFAULT = 60_000
 const POLL_INTERVAL_MS = 100
 const LOG_TAIL_LINES = 30
 
-/**
- * s3rver in a child node with OpenSSL's legacy provider (its DES continuation tokens, see
- * remote-storage-s3.slow.test.ts). Its store writes a PUT's body straight into the object's
- * file, so an upload aborted midway (a safekeeper killed, or its upload interrupted when it
- * stops being the offloader) leaves the old object truncated: S3 replaces an object only when
- * a PUT completes. A first run of this test lost segment 4 that way (a restarted safekeeper
- * re-uploaded it for 0.4 s before hearing its peers). So putObject is replaced here with
- * the same steps into a temporary file renamed over the object at the end. The child prints
- * its port as one JSON line and stops when its stdin closes.
- */
-const S3RVER_LAUNCHER = `
-const path = require("path")
-const fs = require("fs")
-const crypto = require("crypto")
-const { Transform, pipeline } = require("stream")
-const S3rver = require(process.argv[1])
-const FilesystemStore = require(path.join(path.dirname(process.argv[1]), "stores", "filesystem.js"))
-let uploadCount = 0
-FilesystemStore.prototype.putObject = async function (object) {
-  const objectPath = this.getResourcePath(object.bucket, object.key, "object")
-  await fs.promises.mkdir(path.dirname(objectPath), { recursive: true })
-  // Not listed: the store lists only names ending in ._S3rver_object.
-  const tempPath = objectPath + ".upload-" + (++uploadCount)
-  const md5Context = crypto.createHash("md5")
-  let size = 0
-  try {
-    if (Buffer.isBuffer(object.content)) {
-      await fs.promises.writeFile(tempPath, object.content)
-      md5Context.update(object.content)
-      size = object.content.length
-    } else {
-      const count = new Transform({ transform(chunk, encoding, callback) { md5Context.update(chunk); size += chunk.length; callback(null, chunk) } })
-      await new Promise((resolve, reject) => pipeline(object.content, count, fs.createWriteStream(tempPath), (error) => error ? reject(error) : resolve()))
-    }
-    await fs.promises.rename(tempPath, objectPath)
-  } catch (error) {
-    await fs.promises.rm(tempPath, { force: true })
-    throw error
-  }
-  const md5 = md5Context.digest("hex")
-  await this.putMetadata(object.bucket, object.key, object.metadata, md5)
-  return { size, md5 }
-}
-const server = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory: process.argv[2] })
-server.run().then((address) => {
-  process.stdout.write(JSON.stringify({ port: address.port }) + "\\n")
-  process.stdin.on("end", () => server.close().then(() => process.exit(0)))
-  process.stdin.resume()
-}, (error) => {
-  process.stderr.write(String(error && error.stack || error))
-  process.exit(1)
-})
-`
 
 let workDir = ""
 let keepWorkDir = false
@@ -420,23 +366,15 @@ function etcdHealthy(clientUrl: string): Promise<boolean> {
   })
 }
 
-/** s3rver in a child node with OpenSSL's legacy provider (see remote-storage-s3.slow.test.ts); it stops when its stdin closes. */
+/** s3rver (live/testing/s3rver.ts); it stops when its stdin closes. */
 async function startS3rver(): Promise<void> {
   const directory = path.join(workDir, "s3rver")
   fs.mkdirSync(directory)
-  const module = createRequire(import.meta.url).resolve("s3rver")
-  const child = spawn(process.execPath, ["--openssl-legacy-provider", "-e", S3RVER_LAUNCHER, module, directory], { stdio: ["pipe", "pipe", "inherit"] })
-  s3rver = child
-  const s3Port = await new Promise<number>((resolve, reject) => {
-    let output = ""
-    child.stdout.on("data", (data: Buffer) => {
-      output += data.toString()
-      const line = output.split("\n")[0]
-      if (output.includes("\n") && line !== undefined) resolve(Number((JSON.parse(line) as { port: number }).port))
-    })
-    child.once("exit", (code) => reject(new Error(`s3rver exited with ${String(code)} before listening`)))
-  })
-  s3Endpoint = `http://127.0.0.1:${s3Port}`
+  // Atomic PUTs, as S3's: an aborted upload (a safekeeper killed, or stopped as offloader)
+  // truncated an already backed-up object in a first run of this test.
+  const handle = await launchS3rver(directory, { atomicPuts: true })
+  s3rver = handle.child
+  s3Endpoint = handle.endpoint
   s3 = makeS3Client({ bucket: BUCKET, region: "us-east-1", endpoint: s3Endpoint, forcePathStyle: true, credentials: S3_CREDENTIALS })
   await s3.send(new CreateBucketCommand({ Bucket: BUCKET }))
 }

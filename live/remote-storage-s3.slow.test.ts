@@ -10,7 +10,6 @@ import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as http from "node:http"
 import type { AddressInfo } from "node:net"
-import { createRequire } from "node:module"
 import * as os from "node:os"
 import * as path from "node:path"
 import { CreateBucketCommand } from "@aws-sdk/client-s3"
@@ -19,29 +18,11 @@ import { afterAll, beforeAll, describe, expect, test } from "vitest"
 import { bytesBody, RemoteStorage, type RemoteStorageErrorReason } from "../core/io/remote-storage.js"
 import { patternBody, reasonOf, remoteStorageConformance } from "./remote-storage-conformance.js"
 import { makeS3Client, type S3Config, s3RemoteStorageLayer } from "./remote-storage-s3.js"
+import { S3RVER_CREDENTIALS, startS3rver } from "./testing/s3rver.js"
 
 const BUCKET = "sk-test"
-// s3rver's built-in account.
-const CREDENTIALS = { accessKeyId: "S3RVER", secretAccessKey: "S3RVER" }
+const CREDENTIALS = S3RVER_CREDENTIALS
 
-/**
- * s3rver runs in a child node with OpenSSL's legacy provider: it makes ListObjectsV2
- * continuation tokens with DES, which OpenSSL 3 (Node 17+) refuses, so without it every list
- * past 1000 keys fails with a 500. The child prints its port as one JSON line and stops when
- * its stdin closes (so it cannot outlive this process either).
- */
-const S3RVER_LAUNCHER = `
-const S3rver = require(process.argv[1])
-const server = new S3rver({ address: "127.0.0.1", port: 0, silent: true, directory: process.argv[2] })
-server.run().then((address) => {
-  process.stdout.write(JSON.stringify({ port: address.port }) + "\\n")
-  process.stdin.on("end", () => server.close().then(() => process.exit(0)))
-  process.stdin.resume()
-}, (error) => {
-  process.stderr.write(String(error && error.stack || error))
-  process.exit(1)
-})
-`
 
 let directory = ""
 let s3rverProcess: ChildProcess | undefined
@@ -49,19 +30,9 @@ let endpoint = ""
 
 beforeAll(async () => {
   directory = fs.mkdtempSync(path.join(os.tmpdir(), "sk-s3rver-"))
-  const s3rverModule = createRequire(import.meta.url).resolve("s3rver")
-  const child = spawn(process.execPath, ["--openssl-legacy-provider", "-e", S3RVER_LAUNCHER, s3rverModule, directory], { stdio: ["pipe", "pipe", "inherit"] })
-  s3rverProcess = child
-  const port = await new Promise<number>((resolve, reject) => {
-    let output = ""
-    child.stdout.on("data", (data: Buffer) => {
-      output += data.toString()
-      const line = output.split("\n")[0]
-      if (output.includes("\n") && line !== undefined) resolve(Number((JSON.parse(line) as { port: number }).port))
-    })
-    child.once("exit", (code) => reject(new Error(`s3rver exited with ${String(code)} before listening`)))
-  })
-  endpoint = `http://127.0.0.1:${port}`
+  const s3rver = await startS3rver(directory)
+  s3rverProcess = s3rver.child
+  endpoint = s3rver.endpoint
   const client = makeS3Client(config())
   try {
     await client.send(new CreateBucketCommand({ Bucket: BUCKET }))
