@@ -6,7 +6,7 @@ import { firstByteDifference } from "../core/bytes.js"
 import { SafekeeperTransport, type SafekeeperLink } from "../core/proposer/transport.js"
 import type { AcceptorMessage, ProposerMessage } from "../core/protocol/consensus.js"
 import type { SwitchRecord } from "../core/proposer/wal-source.js"
-import { formatLsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn } from "../core/wal/lsn.js"
+import { formatLsn, parseSegmentFileName, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn } from "../core/wal/lsn.js"
 import { PagedContent } from "./disk-content.js"
 import type { Incarnation } from "./kernel.js"
 import type { SimObjectStore } from "./object-store.js"
@@ -551,7 +551,8 @@ export class ServiceChecker {
         partials.push({ fields, bytes, name })
         continue
       }
-      const segmentNo = segmentNoFromName(name, segmentBytes)
+      const parsed = parseSegmentFileName(name, segmentBytes)
+      const segmentNo = parsed === undefined || parsed.partial || parsed.timelineId !== 1 ? undefined : parsed.segmentNo
       if (segmentNo === undefined) {
         this.violation("backup-matches-log", "object-store", undefined, undefined, `unexpected object ${path}`)
         continue
@@ -700,15 +701,6 @@ export class ServiceChecker {
   }
 }
 
-/** The segment number of a full segment's file name, or undefined. */
-function segmentNoFromName(name: string, segmentSizeBytes: number): number | undefined {
-  const match = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$/.exec(name)
-  if (match === null || parseInt(match[1]!, 16) !== 1) return undefined
-  const perXlogId = 0x1_0000_0000 / segmentSizeBytes
-  const low = parseInt(match[3]!, 16)
-  if (low >= perXlogId) return undefined
-  return parseInt(match[2]!, 16) * perXlogId + low
-}
 
 /** The term that wrote `lsn` according to `history`, and where its stretch ends. */
 export function ownerOf(history: TermHistory, lsn: number): { readonly term: number; readonly endLsn: number } {

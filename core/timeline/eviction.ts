@@ -6,7 +6,7 @@ import type { RemoteStorage } from "../io/remote-storage.js"
 import { WalDecoder } from "../wal/decoder.js"
 import { formatLsn, Lsn, segmentFileName, segmentNoOf, segmentOffsetOf, segmentStartLsn, XLOG_BLCKSZ_BYTES } from "../wal/lsn.js"
 import { standardPageHeaderSizeBytes } from "../wal/page.js"
-import { PARTIAL_SUFFIX, WAL_TIMELINE_ID } from "../wal/segment-store.js"
+import { indexSegmentFiles, PARTIAL_SUFFIX, WAL_TIMELINE_ID } from "../wal/segment-store.js"
 import { openTimelineStorage } from "./open.js"
 import { partialObjectPath } from "./remote-layout.js"
 import { type Timeline, timelineKeyText, UnevictError } from "./timeline.js"
@@ -81,16 +81,10 @@ function localPartialPath(timeline: Timeline, segmentNo: number): string {
 export const oldestLocalSegmentNo = (timeline: Timeline): Effect.Effect<number | undefined, DiskError, Disk> =>
   Effect.gen(function* () {
     const disk = yield* Disk
-    let oldest: number | undefined
-    for (const entry of yield* disk.list(timeline.directory)) {
-      const match = /^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})(\.partial)?$/.exec(entry.name)
-      if (match === null) continue
-      const segmentsPerXlogId = 0x1_0000_0000 / timeline.segmentSizeBytes
-      const segmentNo = parseInt(match[2]!, 16) * segmentsPerXlogId + parseInt(match[3]!, 16)
-      if (oldest === undefined || segmentNo < oldest) oldest = segmentNo
-    }
-    return oldest
+    const files = indexSegmentFiles(yield* disk.list(timeline.directory), timeline.segmentSizeBytes)
+    return files.size === 0 ? undefined : Math.min(...files.keys())
   })
+
 
 /** The local partial equals the remote object: same first `offset` bytes, zeros after, a whole segment long. */
 function checkAgainstRemote(local: Uint8Array, remote: Uint8Array, offset: number, segmentSizeBytes: number): string | undefined {

@@ -218,13 +218,7 @@ export class Timeline {
   recordBackupLsn(backupLsn: Lsn): Effect.Effect<void, AcceptorFailure, Disk> {
     return Effect.suspend(() => {
       if (backupLsn <= this.acceptor.snapshot().inMemory.backupLsn) return Effect.void
-      return this.published(this.acceptor.applyPeerInfo({
-        commitLsn: Lsn(0),
-        lastLogTerm: this.acceptor.lastLogTerm(),
-        backupLsn,
-        remoteConsistentLsn: Lsn(0),
-        peerHorizonLsn: Lsn(0)
-      }))
+      return this.applyPeerInfo({ commitLsn: 0, lastLogTerm: this.acceptor.lastLogTerm(), backupLsn, remoteConsistentLsn: 0, peerHorizonLsn: 0 })
     })
   }
 
