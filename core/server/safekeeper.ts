@@ -7,6 +7,7 @@ import { RemoteStorage } from "../io/remote-storage.js"
 import { runBackground } from "../timeline/background.js"
 import type { BackgroundConfig } from "../timeline/manager.js"
 import { isIoFailure, NODE_ID_FILE_NAME, TimelineRegistry } from "../timeline/registry.js"
+import type { AuthConfig } from "./auth.js"
 import { describeError, handleConnection } from "./connection.js"
 
 /**
@@ -29,6 +30,21 @@ export interface SafekeeperConfig {
    * undefined: none run (WAL stays on local disk, nothing is published).
    */
   readonly background?: BackgroundConfig
+  /** host:port of the HTTP management API (served through the HttpServer service); undefined: none. */
+  readonly listenHttp?: string
+  /** host:port of the tenant-only pg listener (`--listen-pg-tenant-only`): tenant tokens only. */
+  readonly listenPgTenantOnly?: string
+  /** Token verifiers per port and the token for calls to peers; undefined: every port trusts. */
+  readonly auth?: AuthConfig
+  /** Restore timelines from peers after a disk loss before serving them; undefined: never. */
+  readonly restore?: RestoreConfig
+}
+
+export interface RestoreConfig {
+  /** The peers' HTTP addresses (host:port) asked which timelines this node is a member of. */
+  readonly peers: ReadonlyArray<string>
+  /** `--restore-from-peers`: restore even if some timelines are present (else only with none). */
+  readonly always: boolean
 }
 
 export const CONNECTION_COUNT_MAX_DEFAULT = 1000

@@ -3,6 +3,7 @@ import { type ControlFileError, loadControlFile, persistControlFile } from "../a
 import type { WalStorageError } from "../acceptor/wal-storage.js"
 import {
   EMPTY_MEMBER_CONFIGURATION,
+  type Generation,
   isCanonicalHexId,
   NANOS_PER_SEC,
   newTimelineState,
@@ -12,7 +13,7 @@ import {
   TimelineId
 } from "../acceptor/state.js"
 import { nowUs } from "../io/clock.js"
-import { Disk, type DiskError, joinPath } from "../io/disk.js"
+import { Disk, type DiskError, joinPath, parentPath } from "../io/disk.js"
 import type { RemoteStorage } from "../io/remote-storage.js"
 import { logInfo, logWarn } from "../io/log.js"
 import { Lsn } from "../wal/lsn.js"
@@ -31,7 +32,10 @@ import { Watch } from "./watch.js"
 export const TimelineErrorReason = Schema.Literals([
   "NotFound", // Neon's TimelineNoCreate: push without creation allowed, or a read of an unknown timeline
   "Broken", // its directory exists but failed to load
-  "Invalid" // the creation request cannot make a timeline (bad server info)
+  "Invalid", // the creation request cannot make a timeline (bad server info)
+  "AlreadyExists", // an install over a timeline this node holds
+  "Deleted", // deleted here: not re-created by a late push or pull
+  "Restoring" // not pulled from the peers yet after a disk loss: retry later
 ])
 export type TimelineErrorReason = typeof TimelineErrorReason.Type
 
@@ -68,6 +72,18 @@ export class TimelineRegistry {
   private readonly timelines = new Map<string, Timeline>()
   private readonly broken = new Map<string, string>()
   private readonly createLock = Semaphore.makeUnsafe(1)
+  /**
+   * Deleted timelines (Neon's tombstones): a late push or pull must not bring one back. Kept in
+   * memory, as Neon does; `generation` is the configuration it was deleted in, so a pull with
+   * a higher generation (a deliberate re-add) may install it again.
+   */
+  private readonly tombstones = new Map<string, Generation>()
+  /**
+   * Set while the node restores its timelines from peers after a disk loss (restore.ts): a
+   * timeline it does not hold yet is neither created by a push nor found, so the node votes
+   * and accepts WAL only for timelines it has pulled (DESIGN.md §5, disk loss).
+   */
+  readonly restoring = Watch.make(false)
   /** Counts timelines opened: the background supervisor waits on it to start their managers. */
   readonly opened = Watch.make(0)
 
@@ -133,7 +149,11 @@ export class TimelineRegistry {
     return this.createLock.withPermit(Effect.gen(function* () {
       const existing = self.get(key)
       if (existing !== undefined) return existing
+      if (self.restoring.get()) return yield* self.missing(key)
       if (!allowCreation || self.broken.has(timelineKeyText(key))) return yield* self.missing(key)
+      if (self.tombstones.has(timelineKeyText(key))) {
+        return yield* new TimelineError({ ...ids(key), reason: "Deleted", message: `timeline ${timelineKeyText(key)} was deleted` })
+      }
       if (self.timelines.size >= TIMELINE_COUNT_MAX) {
         return yield* new TimelineError({ ...ids(key), reason: "Invalid", message: `already ${TIMELINE_COUNT_MAX} timelines` })
       }
@@ -161,13 +181,62 @@ export class TimelineRegistry {
           nanosSinceEpoch: (createdUs % 1_000_000) * (NANOS_PER_SEC / 1_000_000)
         }
       })
-      const tempRoot = joinPath(datadir, TEMP_DIRECTORY_NAME)
+      const temp = yield* self.makeTempDirectory(key)
+      yield* persistControlFile(temp, state, { noSync })
+      const timeline = yield* self.moveIntoPlace(key, temp)
+      yield* logInfo("timeline created", { timeline: timelineKeyText(key), pg_version: server.pgVersion, wal_seg_size: server.walSegSizeBytes })
+      return timeline
+    })
+  }
+
+  /** An empty `DATADIR/tmp/<tenant>_<timeline>_temptli` (a leftover one is removed first). */
+  makeTempDirectory(key: TimelineKey): Effect.Effect<string, DiskError, Disk> {
+    const self = this
+    return Effect.gen(function* () {
+      const disk = yield* Disk
+      const tempRoot = joinPath(self.options.datadir, TEMP_DIRECTORY_NAME)
       const temp = joinPath(tempRoot, `${key.tenantId}_${key.timelineId}${TEMP_TIMELINE_SUFFIX}`)
-      const tenantDirectory = joinPath(datadir, key.tenantId)
-      const target = joinPath(tenantDirectory, key.timelineId)
       yield* removeTree(temp)
       yield* disk.mkdir(temp)
-      yield* persistControlFile(temp, state, { noSync })
+      return temp
+    })
+  }
+
+  /**
+   * Installs a timeline directory built (and fsynced) in `makeTempDirectory`'s place:
+   * pull_timeline's last step (reference §12 step 7). Refused if the timeline exists, failed
+   * to load, or was deleted in a generation at or above `generation`.
+   */
+  install(key: TimelineKey, temp: string, generation: Generation) {
+    const self = this
+    return this.createLock.withPermit(Effect.gen(function* () {
+      const keyText = timelineKeyText(key)
+      if (self.timelines.has(keyText)) return yield* new TimelineError({ ...ids(key), reason: "AlreadyExists", message: `timeline ${keyText} already exists` })
+      if (self.broken.has(keyText)) return yield* self.missing(key)
+      const deletedIn = self.tombstones.get(keyText)
+      if (deletedIn !== undefined && generation <= deletedIn) {
+        return yield* new TimelineError({ ...ids(key), reason: "Deleted", message: `timeline ${keyText} was deleted in generation ${deletedIn}` })
+      }
+      if (self.timelines.size >= TIMELINE_COUNT_MAX) {
+        return yield* new TimelineError({ ...ids(key), reason: "Invalid", message: `already ${TIMELINE_COUNT_MAX} timelines` })
+      }
+      const disk = yield* Disk
+      const stat = yield* disk.stat(joinPath(self.options.datadir, key.tenantId, key.timelineId))
+      if (stat !== undefined) return yield* new TimelineError({ ...ids(key), reason: "AlreadyExists", message: `directory of ${keyText} exists` })
+      self.tombstones.delete(keyText)
+      const timeline = yield* self.moveIntoPlace(key, temp)
+      yield* logInfo("timeline installed", { timeline: keyText, generation })
+      return timeline
+    }))
+  }
+
+  private moveIntoPlace(key: TimelineKey, temp: string) {
+    const self = this
+    return Effect.gen(function* () {
+      const disk = yield* Disk
+      const { datadir, noSync } = self.options
+      const tenantDirectory = joinPath(datadir, key.tenantId)
+      const target = joinPath(tenantDirectory, key.timelineId)
       yield* disk.mkdir(tenantDirectory)
       // The tenant directory's entry in the data directory, then the move, then the move's
       // removal from tmp/: each made durable before anything relies on it.
@@ -175,11 +244,38 @@ export class TimelineRegistry {
       yield* disk.rename(temp, target)
       if (!noSync) {
         yield* disk.syncDirectory(tenantDirectory)
-        yield* disk.syncDirectory(tempRoot)
+        yield* disk.syncDirectory(parentPath(temp))
       }
-      yield* logInfo("timeline created", { timeline: timelineKeyText(key), pg_version: server.pgVersion, wal_seg_size: server.walSegSizeBytes })
       return yield* self.open(key)
     })
+  }
+
+  /**
+   * Deletes a timeline's local directory (Neon's `delete`): it leaves the registry at once, so
+   * new pushes and reads see it gone, and a tombstone keeps a late push from re-creating it.
+   * The caller stops its background work first (`Timeline.stop`). Returns whether it existed.
+   */
+  delete(key: TimelineKey, generation: Generation) {
+    const self = this
+    return this.createLock.withPermit(Effect.gen(function* () {
+      const disk = yield* Disk
+      const keyText = timelineKeyText(key)
+      const existed = self.timelines.delete(keyText)
+      self.broken.delete(keyText)
+      self.tombstones.set(keyText, generation)
+      const tenantDirectory = joinPath(self.options.datadir, key.tenantId)
+      const directory = joinPath(tenantDirectory, key.timelineId)
+      const dirExisted = (yield* disk.stat(directory)) !== undefined
+      yield* removeTree(directory)
+      if (!self.options.noSync && dirExisted) yield* disk.syncDirectory(tenantDirectory)
+      if (existed) self.opened.set(self.opened.get() + 1)
+      yield* logInfo("timeline deleted", { timeline: keyText, dir_existed: dirExisted })
+      return { existed, dirExisted }
+    }))
+  }
+
+  isDeleted(key: TimelineKey): boolean {
+    return this.tombstones.has(timelineKeyText(key))
   }
 
   private open(key: TimelineKey) {
@@ -199,6 +295,9 @@ export class TimelineRegistry {
   }
 
   private missing(key: TimelineKey): TimelineError {
+    if (this.restoring.get()) {
+      return new TimelineError({ ...ids(key), reason: "Restoring", message: `timeline ${timelineKeyText(key)} is not here yet: this safekeeper is restoring its timelines from its peers` })
+    }
     const problem = this.broken.get(timelineKeyText(key))
     return problem === undefined
       ? new TimelineError({ ...ids(key), reason: "NotFound", message: `timeline ${timelineKeyText(key)} does not exist and creation is not allowed` })
