@@ -29,7 +29,7 @@ const THIRD_PARTY_ALLOWLIST = new Set(["@node-rs/crc32"])
  */
 const EFFECT_MODULE_ALLOWLIST = new Set([
   "Brand", "Cause", "Clock", "Context", "Deferred", "Duration", "Effect", "Exit", "Fiber", "Layer", "Option", "Queue",
-  "Random", "Result", "Schema", "Semaphore", "Stream"
+  "Random", "Result", "Schema", "Scope", "Semaphore", "Stream"
 ])
 
 /** Free identifiers (not a property name) that reach time, randomness, the host or eval. */
